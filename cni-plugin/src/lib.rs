@@ -1,0 +1,2 @@
+//! The lanlink CNI plugin library: netconf parsing, the agent API types and client.
+pub mod api;
