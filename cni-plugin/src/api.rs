@@ -28,7 +28,7 @@ pub enum Mode {
     Secondary,
 }
 
-/// How the client identifier and MAC of a pod are chosen (netconf `dhcp.identity`).
+/// How the client identifier and MAC of a pod are chosen (netconf `ipam.identity`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Identity {
@@ -54,7 +54,7 @@ pub struct PodIdentity {
     pub uid: Option<String>,
 }
 
-/// One extra DHCP option to send (netconf `dhcp.sendOptions`).
+/// One extra DHCP option to send (netconf `ipam.sendOptions`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpSendOption {
     /// The option code (1..=254).
@@ -63,7 +63,7 @@ pub struct DhcpSendOption {
     pub value: String,
 }
 
-/// The DHCP part of the netconf (`dhcp` key).
+/// The DHCP part of the netconf (`ipam` key, type `lanlink-dhcp`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DhcpConfig {

@@ -1,2 +1,255 @@
-//! The lanlink CNI plugin library: netconf parsing, the agent API types and client.
+//! The lanlink CNI plugin: netconf parsing, the agent API types and client, and
+//! the CNI verbs as plain functions.
+//!
+//! The plugin is thin: each verb parses the netconf (stdin) and the `CNI_*`
+//! environment, asks the agent over its Unix socket, and [`reply`] prints the
+//! result or the error. Nothing but [`reply`] writes stdout, and
+//! [`CniError::code`] is the only mapping of errors to spec codes, so tests run
+//! the verbs in-process ([`run`] with a fake environment and buffers).
+
 pub mod api;
+pub mod client;
+pub mod error;
+pub mod netconf;
+pub mod result;
+
+use std::io::{Read, Write};
+
+use serde_json::{Value, json};
+
+use crate::api::GcRequest;
+use crate::client::AgentClient;
+pub use crate::error::CniError;
+use crate::netconf::{CniEnv, CniVersion, Command, NetConf, NetConfError};
+
+/// One invocation's input: the checked environment and the raw netconf.
+#[derive(Clone, Debug, Default)]
+pub struct CmdArgs {
+    /// `CNI_*` variables.
+    pub env: CniEnv,
+    /// The netconf as read from stdin.
+    pub stdin: Vec<u8>,
+}
+
+impl CmdArgs {
+    fn netconf(&self) -> Result<NetConf, CniError> {
+        Ok(NetConf::parse(&self.stdin)?)
+    }
+}
+
+/// What a successful verb prints: ADD and VERSION print JSON, the others nothing.
+pub type Output = Option<Value>;
+
+/// The `--version` / `--help` text (stderr).
+pub fn about() -> String {
+    format!(
+        "lanlink CNI plugin {}\nCNI protocol versions supported: {}",
+        env!("CARGO_PKG_VERSION"),
+        CniVersion::supported_list()
+    )
+}
+
+/// Refuses a verb the netconf's version predates.
+fn require_version(conf: &NetConf, command: Command, minimum: CniVersion) -> Result<(), CniError> {
+    if conf.cni_version < minimum {
+        return Err(CniError::VersionNotAllowed {
+            command,
+            version: conf.cni_version,
+            minimum,
+        });
+    }
+    Ok(())
+}
+
+/// ADD: the agent creates the veth, leases an address and writes routes; the
+/// answer is printed as a CNI result of the netconf's version, appended to
+/// `prevResult` when chained (see [`result`]). Undoing partial work on failure
+/// is the agent's job; the plugin checks everything it can (netconf,
+/// `prevResult`) before asking, so nothing can fail after the agent's work.
+pub fn cmd_add(args: &CmdArgs) -> Result<Value, CniError> {
+    let conf = args.netconf()?;
+    let request = conf.attachment_request(&args.env);
+    let answer = AgentClient::new(&conf.socket_path)
+        .add(&request)
+        .map_err(|source| CniError::Agent {
+            command: Command::Add,
+            source,
+        })?;
+    Ok(result::to_cni_result(
+        &answer,
+        conf.cni_version,
+        conf.prev_result.as_ref(),
+    ))
+}
+
+/// DEL: the agent releases the lease and removes the veth and map entries.
+///
+/// Idempotent: an agent answer of "no such attachment" (HTTP 404, or code 3)
+/// is success, so DEL twice, or DEL after GC, succeeds. An unreachable agent
+/// is NOT success: DEL fails with code 11 (try again later) and the runtime
+/// retries, because succeeding would leak the lease and the pod's MAC in the
+/// uplink's filter with no later chance to free them (GC only runs when the
+/// runtime decides to).
+pub fn cmd_del(args: &CmdArgs) -> Result<(), CniError> {
+    let conf = args.netconf()?;
+    let request = conf.attachment_request(&args.env);
+    match AgentClient::new(&conf.socket_path).del(&request) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(source) => Err(CniError::Agent {
+            command: Command::Del,
+            source,
+        }),
+    }
+}
+
+/// CHECK (0.4.0 and later): the agent verifies the veth, address, routes, map
+/// entries and lease; the plugin then checks that the agent's interface and
+/// address are those of the `prevResult` (required). With `disableCheck`, it
+/// succeeds without asking.
+pub fn cmd_check(args: &CmdArgs) -> Result<(), CniError> {
+    let conf = args.netconf()?;
+    require_version(&conf, Command::Check, CniVersion::V0_4_0)?;
+    if conf.disable_check {
+        return Ok(());
+    }
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .ok_or_else(|| NetConfError::invalid("prevResult", "required for CHECK"))?;
+    let request = conf.attachment_request(&args.env);
+    let answer = AgentClient::new(&conf.socket_path)
+        .check(&request)
+        .map_err(|source| CniError::Agent {
+            command: Command::Check,
+            source,
+        })?;
+    for interface in answer.interfaces.iter().filter(|i| i.sandbox.is_some()) {
+        if !prev.has_interface(interface) {
+            return Err(CniError::CheckMismatch {
+                what: format!(
+                    "interface {} ({}) is not in prevResult",
+                    interface.name, interface.mac
+                ),
+            });
+        }
+    }
+    for ip in &answer.ips {
+        if !prev.has_address(&ip.address) {
+            return Err(CniError::CheckMismatch {
+                what: format!("address {} is not in prevResult", ip.address),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// STATUS (1.1.0): code 50 when the agent cannot be asked, 51 when it says it
+/// is not ready.
+pub fn cmd_status(args: &CmdArgs) -> Result<(), CniError> {
+    let conf = args.netconf()?;
+    require_version(&conf, Command::Status, CniVersion::V1_1_0)?;
+    let status = AgentClient::new(&conf.socket_path)
+        .status()
+        .map_err(|source| CniError::Agent {
+            command: Command::Status,
+            source,
+        })?;
+    if !status.ready {
+        return Err(CniError::NotReady {
+            reason: status.reason.unwrap_or_else(|| "no reason given".into()),
+        });
+    }
+    Ok(())
+}
+
+/// GC (1.1.0): the agent removes every attachment of this network that is not
+/// in `cni.dev/valid-attachments` (required: without it GC would remove all).
+pub fn cmd_gc(args: &CmdArgs) -> Result<(), CniError> {
+    let conf = args.netconf()?;
+    require_version(&conf, Command::Gc, CniVersion::V1_1_0)?;
+    let valid_attachments = conf
+        .valid_attachments
+        .clone()
+        .ok_or_else(|| NetConfError::invalid("cni.dev/valid-attachments", "required for GC"))?;
+    let request = GcRequest {
+        network: conf.name.clone(),
+        valid_attachments,
+    };
+    AgentClient::new(&conf.socket_path)
+        .gc(&request)
+        .map_err(|source| CniError::Agent {
+            command: Command::Gc,
+            source,
+        })?;
+    Ok(())
+}
+
+/// VERSION: the versions lanlink speaks. Needs neither stdin nor the agent.
+pub fn cmd_version() -> Value {
+    json!({
+        "cniVersion": CniVersion::LATEST.as_str(),
+        "supportedVersions": CniVersion::ALL.map(CniVersion::as_str),
+    })
+}
+
+/// Runs `command` with `args`.
+pub fn dispatch(command: Command, args: &CmdArgs) -> Result<Output, CniError> {
+    match command {
+        Command::Add => cmd_add(args).map(Some),
+        Command::Del => cmd_del(args).map(|()| None),
+        Command::Check => cmd_check(args).map(|()| None),
+        Command::Status => cmd_status(args).map(|()| None),
+        Command::Gc => cmd_gc(args).map(|()| None),
+        Command::Version => Ok(Some(cmd_version())),
+    }
+}
+
+/// Writes the outcome of a verb to `stdout`: its output on success, the CNI
+/// error JSON (in `version`) on failure. Returns the exit code (0 or 1).
+/// The only function that writes stdout.
+pub fn reply(stdout: &mut dyn Write, version: CniVersion, outcome: Result<Output, CniError>) -> u8 {
+    let (value, code) = match outcome {
+        Ok(None) => return 0,
+        Ok(Some(value)) => (value, 0),
+        Err(e) => (e.to_json(version), 1),
+    };
+    let written = serde_json::to_writer_pretty(&mut *stdout, &value)
+        .map_err(std::io::Error::from)
+        .and_then(|()| writeln!(stdout))
+        .and_then(|()| stdout.flush());
+    // Nothing is left to tell the runtime through; the exit code still says it.
+    if written.is_err() { 1 } else { code }
+}
+
+/// One invocation: reads the verb and environment through `lookup`, the
+/// netconf from `stdin` (not for VERSION), runs the verb and replies on
+/// `stdout`. Returns the process exit code.
+///
+/// The environment is checked before stdin is read (as the reference plugins
+/// do), so such errors are written in the latest version; later errors in the
+/// netconf's version when it has a supported one.
+pub fn run(
+    lookup: impl Fn(&str) -> Option<String>,
+    stdin: &mut dyn Read,
+    stdout: &mut dyn Write,
+) -> u8 {
+    let command = match netconf::command_from_env(&lookup) {
+        Ok(command) => command,
+        Err(e) => return reply(stdout, CniVersion::LATEST, Err(e.into())),
+    };
+    if command == Command::Version {
+        return reply(stdout, CniVersion::LATEST, Ok(Some(cmd_version())));
+    }
+    let env = match CniEnv::from_lookup(command, &lookup) {
+        Ok(env) => env,
+        Err(e) => return reply(stdout, CniVersion::LATEST, Err(e.into())),
+    };
+    let mut input = Vec::new();
+    if let Err(source) = stdin.read_to_end(&mut input) {
+        return reply(stdout, CniVersion::LATEST, Err(CniError::Stdin { source }));
+    }
+    let version = NetConf::sniff_version(&input).unwrap_or(CniVersion::LATEST);
+    let args = CmdArgs { env, stdin: input };
+    reply(stdout, version, dispatch(command, &args))
+}

@@ -1,1 +1,13 @@
+//! lanlinkd, the lanlink node agent: loads and attaches the eBPF dataplane,
+//! creates pod veths, leases addresses from the LAN's DHCP server on each
+//! pod's behalf, writes pod addresses and routes, persists its state, and
+//! serves the CNI plugin over HTTP on a Unix socket.
 
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod dataplane;
+pub mod dhcp;
+pub mod netlink;
+pub mod paths;
+pub mod state;

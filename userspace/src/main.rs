@@ -1,1 +1,169 @@
-fn main() {}
+//! `lanlinkd`: runs the agent, or, with a subcommand, asks it things.
+
+use std::{path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lanlink_agent::{
+    agent::{Agent, AgentConfig},
+    api, cli, paths,
+};
+use tokio_util::sync::CancellationToken;
+
+/// lanlink's node agent: pods on the LAN through an eBPF dataplane.
+///
+/// Without a subcommand, runs the agent in the current network namespace.
+#[derive(Debug, Parser)]
+#[command(version, args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(flatten)]
+    run: RunArgs,
+    /// API socket (also used by the subcommands).
+    #[arg(long, global = true, env = "LANLINK_SOCKET", default_value = paths::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where maps and TC links are pinned (bpffs).
+    #[arg(long, global = true, env = "LANLINK_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
+    pin_dir: PathBuf,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanlink_agent=debug`.
+    #[arg(long, global = true, env = "LANLINK_LOG", default_value = "info")]
+    log: String,
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The node's LAN interface (its address, routes and DHCP client stay untouched).
+    #[arg(long, env = "LANLINK_UPLINK")]
+    uplink: Option<String>,
+    /// Where endpoints and leases are persisted.
+    #[arg(long, env = "LANLINK_STATE_DIR", default_value = paths::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Disable the conntrack-bypass fix (replies of host-routed flows then
+    /// leave on L2, as with macvlan; for comparison only).
+    #[arg(long)]
+    no_flow_fix: bool,
+    /// Put the uplink in promiscuous mode instead of adding pod MACs to its
+    /// unicast filter (for NICs without one).
+    #[arg(long)]
+    promiscuous: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The agent's status.
+    Status(Output),
+    /// Pod interfaces the agent manages.
+    Endpoints(Output),
+    /// DHCP leases held for pods.
+    Leases(Output),
+    /// Verdict and drop counters (from the pinned map if the agent is down).
+    Stats(Output),
+}
+
+#[derive(Debug, clap::Args)]
+struct Output {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn init_logs(filter: &str, format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().init(),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_logs(&cli.log, cli.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    match cli.command {
+        None => rt.block_on(run(cli.run, cli.socket, cli.pin_dir)),
+        Some(cmd) => rt.block_on(lanlink_agent::cli::run(
+            cmd_name(&cmd),
+            json_of(&cmd),
+            &cli.socket,
+            &cli.pin_dir,
+        )),
+    }
+}
+
+fn cmd_name(cmd: &Command) -> cli::Cmd {
+    match cmd {
+        Command::Status(_) => cli::Cmd::Status,
+        Command::Endpoints(_) => cli::Cmd::Endpoints,
+        Command::Leases(_) => cli::Cmd::Leases,
+        Command::Stats(_) => cli::Cmd::Stats,
+    }
+}
+
+fn json_of(cmd: &Command) -> bool {
+    match cmd {
+        Command::Status(o) | Command::Endpoints(o) | Command::Leases(o) | Command::Stats(o) => {
+            o.json
+        }
+    }
+}
+
+async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result<()> {
+    let uplink = args
+        .uplink
+        .context("--uplink is required to run the agent")?;
+    let shutdown = CancellationToken::new();
+    let mut flags = 0;
+    if !args.no_flow_fix {
+        flags |= lanlink_common::config::FLOW_FIX;
+    }
+    let cfg = AgentConfig {
+        uplink,
+        pin_dir,
+        state_dir: args.state_dir,
+        dataplane_flags: flags,
+        promiscuous: args.promiscuous,
+    };
+    let agent: Arc<Agent> = Agent::start(cfg, shutdown.clone()).await?;
+    tracing::info!(status = ?agent.status(), "agent ready");
+
+    let signals = shutdown.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM"),
+            _ = int.recv() => tracing::info!("SIGINT"),
+        }
+        signals.cancel();
+    });
+    api::serve(agent, &socket, shutdown).await?;
+    // Programs and maps stay pinned and attached: pods keep forwarding while
+    // the agent is stopped; the next start re-adopts them.
+    tracing::info!("stopped; the dataplane keeps forwarding");
+    Ok(())
+}

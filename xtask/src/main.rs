@@ -1,1 +1,58 @@
-fn main() {}
+//! `cargo xtask`: the project's developer tasks, one module per command.
+//!
+//! - `setup`: install what a bare Debian 12 machine needs (idempotent).
+//! - `build-ebpf`: build the eBPF object (nightly, bpf-linker, BTF).
+//! - `build`: the eBPF object, then the agent and the CNI plugin embedding it.
+//! - `test`: setup, build, format check, then the whole workspace's tests.
+//! - `demo`: setup, build, then a lab with three pods on a LAN.
+
+mod build;
+mod demo;
+mod ebpf;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+/// lanlink developer tasks.
+#[derive(Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what this machine lacks: Debian packages, nightly rust-src,
+    /// bpf-linker (LLVM 22), the bpffs mount, br_netfilter. Idempotent.
+    Setup,
+    /// Build the eBPF object (target/ebpf/bpfel-unknown-none/release/lanlink).
+    BuildEbpf,
+    /// Build the eBPF object, then `lanlinkd` and the `lanlink` CNI plugin.
+    Build {
+        /// Build the agent and plugin with the release profile.
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, `cargo fmt --check`, then `cargo test --workspace`.
+    Test {
+        /// Arguments passed on to `cargo test` (after `--`).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Setup, build, then run the demo lab: a LAN, a node, three pods.
+    Demo,
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup::run(),
+        Cmd::BuildEbpf => ebpf::run().map(|_| ()),
+        Cmd::Build { release } => build::run(release).map(|_| ()),
+        Cmd::Test { args } => test::run(&args),
+        Cmd::Demo => demo::run(),
+    }
+}

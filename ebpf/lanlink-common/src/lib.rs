@@ -220,10 +220,12 @@ verdicts! {
     DropRedirectFailed = 12, "drop_redirect_failed", true;
     /// Dropped: the endpoint's lease expired and it sent something other than DHCP.
     DropExpired = 13, "drop_expired", true;
+    /// A flow could not be recorded in the flow map; the frame was delivered.
+    FlowLearnFailed = 14, "flow_learn_failed", false;
 }
 
 /// Number of `STATS` slots.
-pub const VERDICT_COUNT: u32 = 14;
+pub const VERDICT_COUNT: u32 = 15;
 const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
 
 #[cfg(feature = "user")]
@@ -256,7 +258,11 @@ mod tests {
     #[test]
     fn labels_are_unique_snake_case() {
         for (i, a) in Verdict::ALL.iter().enumerate() {
-            assert!(a.label().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                a.label()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
             for b in &Verdict::ALL[i + 1..] {
                 assert_ne!(a.label(), b.label());
             }

@@ -1,0 +1,189 @@
+//! The plugin's error, and the one place it is mapped to CNI error codes.
+
+use std::io;
+
+use serde_json::{Value, json};
+
+use crate::api::codes;
+use crate::client::ClientError;
+use crate::netconf::{CniVersion, Command, EnvError, NetConfError};
+
+/// Why a verb failed. [`CniError::code`] is the only mapping to spec codes.
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    /// The `CNI_*` environment is incomplete or malformed.
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    /// The netconf is not JSON, of an unsupported version, or invalid.
+    #[error(transparent)]
+    NetConf(#[from] NetConfError),
+    /// The netconf's version predates the verb (CHECK needs 0.4.0, STATUS and
+    /// GC need 1.1.0).
+    #[error("config version {version} does not allow {command} (needs {minimum} or later)")]
+    VersionNotAllowed {
+        /// The verb.
+        command: Command,
+        /// The netconf's version.
+        version: CniVersion,
+        /// The first version with the verb.
+        minimum: CniVersion,
+    },
+    /// stdin could not be read.
+    #[error("cannot read the netconf from stdin: {source}")]
+    Stdin {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent could not be asked, or answered an error.
+    #[error("{source}")]
+    Agent {
+        /// The verb being served (STATUS maps differently).
+        command: Command,
+        /// What went wrong.
+        #[source]
+        source: ClientError,
+    },
+    /// STATUS: the agent is up but cannot serve ADD.
+    #[error("agent not ready: {reason}")]
+    NotReady {
+        /// The agent's reason.
+        reason: String,
+    },
+    /// CHECK: the agent's view differs from the `prevResult`.
+    #[error("check failed: {what}")]
+    CheckMismatch {
+        /// What differs.
+        what: String,
+    },
+}
+
+impl CniError {
+    /// The CNI error code to report.
+    pub fn code(&self) -> u32 {
+        match self {
+            CniError::Env(_) => codes::INVALID_ENV,
+            CniError::NetConf(NetConfError::IncompatibleVersion { .. })
+            | CniError::VersionNotAllowed { .. } => 1,
+            CniError::NetConf(NetConfError::Decode { .. } | NetConfError::NotAnObject { .. }) => {
+                codes::DECODE
+            }
+            CniError::NetConf(NetConfError::Invalid { .. }) => codes::INVALID_CONFIG,
+            CniError::Stdin { .. } => 5,
+            // STATUS only has "plugin not available" and "limited connectivity".
+            CniError::Agent {
+                command: Command::Status,
+                source,
+            } => match source {
+                ClientError::Api { error, .. } if error.code == codes::LIMITED_CONNECTIVITY => {
+                    codes::LIMITED_CONNECTIVITY
+                }
+                _ => codes::PLUGIN_NOT_AVAILABLE,
+            },
+            CniError::Agent { source, .. } => match source {
+                // 0 would read as success; an agent bug, not a pass.
+                ClientError::Api { error, .. } if error.code != 0 => error.code,
+                // Down, restarting or hung: the runtime retries.
+                e if e.is_unavailable() => codes::TRY_AGAIN_LATER,
+                _ => codes::INTERNAL,
+            },
+            CniError::NotReady { .. } => codes::LIMITED_CONNECTIVITY,
+            CniError::CheckMismatch { .. } => codes::CHECK_FAILED,
+        }
+    }
+
+    /// The `details` of the error output: the agent's own details, or a hint.
+    pub fn details(&self) -> String {
+        match self {
+            CniError::Agent {
+                source: ClientError::Api { error, .. },
+                ..
+            } => error.details.clone(),
+            CniError::Agent { source, .. } if source.is_unavailable() => {
+                "is lanlinkd running on this node, and does the netconf's socketPath name its socket?"
+                    .into()
+            }
+            _ => String::new(),
+        }
+    }
+
+    /// The CNI error output: `{"cniVersion", "code", "msg", "details"}`.
+    pub fn to_json(&self, version: CniVersion) -> Value {
+        json!({
+            "cniVersion": version.as_str(),
+            "code": self.code(),
+            "msg": self.to_string(),
+            "details": self.details(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::ApiError;
+    use hyper::StatusCode;
+    use std::path::PathBuf;
+
+    fn unreachable() -> ClientError {
+        ClientError::Unreachable {
+            path: PathBuf::from("/run/lanlink/lanlink.sock"),
+            source: io::Error::from(io::ErrorKind::ConnectionRefused),
+        }
+    }
+
+    fn api(code: u32) -> ClientError {
+        ClientError::Api {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            error: ApiError {
+                code,
+                msg: "no lease".into(),
+                details: "no DHCPOFFER within 5s".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn agent_codes_depend_on_the_verb() {
+        for command in [Command::Add, Command::Del, Command::Check, Command::Gc] {
+            let e = CniError::Agent {
+                command,
+                source: unreachable(),
+            };
+            assert_eq!(e.code(), 11, "{command}");
+            assert!(
+                e.to_string()
+                    .starts_with("agent not reachable at /run/lanlink/lanlink.sock: ")
+            );
+        }
+        let e = CniError::Agent {
+            command: Command::Status,
+            source: unreachable(),
+        };
+        assert_eq!(e.code(), 50);
+        let e = CniError::Agent {
+            command: Command::Status,
+            source: api(51),
+        };
+        assert_eq!(e.code(), 51);
+        let e = CniError::Agent {
+            command: Command::Status,
+            source: api(999),
+        };
+        assert_eq!(e.code(), 50);
+        let e = CniError::Agent {
+            command: Command::Add,
+            source: api(100),
+        };
+        assert_eq!(e.code(), 100);
+        assert_eq!(
+            e.to_json(CniVersion::V1_0_0),
+            json!({"cniVersion": "1.0.0", "code": 100, "msg": "no lease", "details": "no DHCPOFFER within 5s"})
+        );
+        let e = CniError::Agent {
+            command: Command::Add,
+            source: api(0),
+        };
+        assert_eq!(e.code(), 999);
+    }
+}

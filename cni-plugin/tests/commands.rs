@@ -1,0 +1,767 @@
+//! The CNI verbs run in-process against a fake agent: an axum server on a Unix
+//! socket in a temp dir that plays the agent's HTTP API (and nothing more). No
+//! root, no namespaces; what is checked is the plugin's side of the contract:
+//! stdout JSON, exit codes, and what the agent was asked.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use lanlink_cni::api::{
+    self, ApiError, AttachmentRequest, AttachmentResult, Dns, EndpointInfo, GcRequest, GcResponse,
+    Interface, IpConfig, LeaseInfo, Mode, PodIdentity, Route, StatusResponse,
+};
+use lanlink_cni::client::{AgentClient, ClientError};
+use lanlink_cni::netconf::CniVersion;
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------- fake agent
+
+#[derive(Default)]
+struct AgentState {
+    attachments: BTreeMap<(String, String), AttachmentRequest>,
+    ready: bool,
+    fail_add: bool,
+    adds: Vec<AttachmentRequest>,
+    dels: Vec<AttachmentRequest>,
+    gcs: Vec<GcRequest>,
+}
+
+type Shared = Arc<Mutex<AgentState>>;
+
+/// The fake agent: a runtime serving the API on `socket`; dropped, it stops
+/// and removes its directory.
+struct FakeAgent {
+    dir: PathBuf,
+    socket: PathBuf,
+    state: Shared,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+fn temp_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "lanlink-cni-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn attachment_result(req: &AttachmentRequest) -> AttachmentResult {
+    let with_dhcp = req.config.dhcp.is_some();
+    AttachmentResult {
+        interfaces: vec![
+            Interface {
+                name: "llk0001".into(),
+                mac: "ee:ee:ee:00:00:01".into(),
+                sandbox: None,
+            },
+            Interface {
+                name: req.ifname.clone(),
+                mac: "02:11:22:33:44:55".into(),
+                sandbox: req.netns.clone(),
+            },
+        ],
+        ips: if with_dhcp {
+            vec![IpConfig {
+                address: "198.18.0.50/24".into(),
+                gateway: Some("198.18.0.1".into()),
+                interface: Some(1),
+            }]
+        } else {
+            vec![]
+        },
+        routes: if with_dhcp {
+            vec![Route {
+                dst: "0.0.0.0/0".into(),
+                gw: Some("198.18.0.1".into()),
+            }]
+        } else {
+            vec![]
+        },
+        dns: Dns {
+            nameservers: vec!["198.18.0.1".into()],
+            domain: None,
+            search: vec![],
+        },
+        lease: with_dhcp.then(|| lease(req)),
+    }
+}
+
+fn lease(req: &AttachmentRequest) -> LeaseInfo {
+    LeaseInfo {
+        container_id: req.container_id.clone(),
+        ifname: req.ifname.clone(),
+        mac: "02:11:22:33:44:55".into(),
+        address: "198.18.0.50/24".into(),
+        server: "198.18.0.1".into(),
+        lease_secs: 3600,
+        obtained_at: 1,
+        renew_at: 1801,
+        expires_at: 3601,
+        state: "bound".into(),
+    }
+}
+
+fn api_error(status: StatusCode, code: u32, msg: &str, details: &str) -> Response {
+    (
+        status,
+        Json(ApiError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }),
+    )
+        .into_response()
+}
+
+fn key(req: &AttachmentRequest) -> (String, String) {
+    (req.container_id.clone(), req.ifname.clone())
+}
+
+async fn add(State(state): State<Shared>, Json(req): Json<AttachmentRequest>) -> Response {
+    let mut state = state.lock().unwrap();
+    state.adds.push(req.clone());
+    if state.fail_add {
+        return api_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            api::codes::DHCP_FAILED,
+            "no dhcp lease for eth0",
+            "no DHCPOFFER within 5000 ms on eth0",
+        );
+    }
+    state.attachments.insert(key(&req), req.clone());
+    Json(attachment_result(&req)).into_response()
+}
+
+async fn del(State(state): State<Shared>, Json(req): Json<AttachmentRequest>) -> Response {
+    let mut state = state.lock().unwrap();
+    state.dels.push(req.clone());
+    match state.attachments.remove(&key(&req)) {
+        Some(_) => Json(json!({})).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, 3, "no such attachment", ""),
+    }
+}
+
+async fn check(State(state): State<Shared>, Json(req): Json<AttachmentRequest>) -> Response {
+    let state = state.lock().unwrap();
+    match state.attachments.get(&key(&req)) {
+        Some(req) => Json(attachment_result(req)).into_response(),
+        None => api_error(StatusCode::NOT_FOUND, 3, "no such attachment", ""),
+    }
+}
+
+async fn gc(State(state): State<Shared>, Json(req): Json<GcRequest>) -> Json<GcResponse> {
+    let mut state = state.lock().unwrap();
+    state.gcs.push(req.clone());
+    let valid: Vec<(String, String)> = req
+        .valid_attachments
+        .iter()
+        .map(|a| (a.container_id.clone(), a.ifname.clone()))
+        .collect();
+    let mut removed = Vec::new();
+    state.attachments.retain(|k, _| {
+        let keep = valid.contains(k);
+        if !keep {
+            removed.push(api::AttachmentId {
+                container_id: k.0.clone(),
+                ifname: k.1.clone(),
+            });
+        }
+        keep
+    });
+    Json(GcResponse { removed })
+}
+
+async fn status(State(state): State<Shared>) -> Json<StatusResponse> {
+    let state = state.lock().unwrap();
+    Json(StatusResponse {
+        ready: state.ready,
+        reason: (!state.ready).then(|| "uplink eth0 is down".into()),
+        version: "0.1.0".into(),
+        uplink: "eth0".into(),
+        uplink_ifindex: 2,
+        pin_dir: "/sys/fs/bpf/lanlink/test".into(),
+        endpoints: state.attachments.len(),
+        adopted: false,
+    })
+}
+
+async fn endpoints(State(state): State<Shared>) -> Json<Vec<EndpointInfo>> {
+    let state = state.lock().unwrap();
+    Json(
+        state
+            .attachments
+            .values()
+            .map(|req| EndpointInfo {
+                container_id: req.container_id.clone(),
+                network: req.config.network.clone(),
+                ifname: req.ifname.clone(),
+                netns: req.netns.clone().unwrap_or_default(),
+                pod: req.pod.clone(),
+                host_veth: "llk0001".into(),
+                host_ifindex: 7,
+                mac: "02:11:22:33:44:55".into(),
+                address: Some("198.18.0.50/24".into()),
+                mode: req.config.mode,
+            })
+            .collect(),
+    )
+}
+
+async fn leases(State(state): State<Shared>) -> Json<Vec<LeaseInfo>> {
+    let state = state.lock().unwrap();
+    Json(state.attachments.values().map(lease).collect())
+}
+
+async fn metrics() -> &'static str {
+    "# TYPE lanlink_packets_total counter\nlanlink_packets_total{verdict=\"redirect\"} 3\n"
+}
+
+async fn slow() -> &'static str {
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    "{}"
+}
+
+impl FakeAgent {
+    fn start() -> Self {
+        let dir = temp_dir();
+        let socket = dir.join("agent.sock");
+        let state: Shared = Arc::new(Mutex::new(AgentState {
+            ready: true,
+            ..AgentState::default()
+        }));
+        let app = Router::new()
+            .route("/v1/cni/add", post(add))
+            .route("/v1/cni/del", post(del))
+            .route("/v1/cni/check", post(check))
+            .route("/v1/cni/gc", post(gc))
+            .route("/v1/status", get(status))
+            .route("/v1/endpoints", get(endpoints))
+            .route("/v1/leases", get(leases))
+            .route("/metrics", get(metrics))
+            .route("/slow", get(slow))
+            .with_state(state.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::UnixListener::bind(&socket).unwrap()
+        };
+        runtime.spawn(async move { axum::serve(listener, app).await });
+        FakeAgent {
+            dir,
+            socket,
+            state,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AgentState> {
+        self.state.lock().unwrap()
+    }
+}
+
+impl Drop for FakeAgent {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// One plugin invocation, as a runtime does it, in-process.
+struct Invocation {
+    vars: BTreeMap<String, String>,
+    stdin: String,
+}
+
+impl Invocation {
+    fn new(command: &str, netconf: &Value) -> Self {
+        let vars = [
+            ("CNI_COMMAND", command),
+            ("CNI_CONTAINERID", "ctr1"),
+            ("CNI_NETNS", "/run/netns/pod1"),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_PATH", "/opt/cni/bin"),
+            (
+                "CNI_ARGS",
+                "IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_UID=uid-1",
+            ),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        Invocation {
+            vars,
+            stdin: netconf.to_string(),
+        }
+    }
+
+    fn var(mut self, name: &str, value: &str) -> Self {
+        self.vars.insert(name.into(), value.into());
+        self
+    }
+
+    fn unset(mut self, name: &str) -> Self {
+        self.vars.remove(name);
+        self
+    }
+
+    fn stdin(mut self, stdin: &str) -> Self {
+        self.stdin = stdin.into();
+        self
+    }
+
+    /// Runs it; the exit code and stdout (`Value::Null` when empty).
+    fn run(&self) -> (u8, Value) {
+        let mut stdout = Vec::new();
+        let code = lanlink_cni::run(
+            |k| self.vars.get(k).cloned(),
+            &mut self.stdin.as_bytes(),
+            &mut stdout,
+        );
+        let out = if stdout.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&stdout).unwrap_or_else(|e| {
+                panic!(
+                    "stdout is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&stdout)
+                )
+            })
+        };
+        (code, out)
+    }
+}
+
+fn netconf(version: CniVersion, socket: &Path) -> Value {
+    json!({
+        "cniVersion": version.as_str(),
+        "name": "lan",
+        "type": "lanlink",
+        "socketPath": socket,
+        "uplink": "eth0",
+        "hostRoutes": ["10.96.0.0/12"],
+        "ipam": {"type": "lanlink-dhcp", "timeoutMs": 3000},
+    })
+}
+
+fn expected_add(version: CniVersion) -> Value {
+    let mut ip = json!({"address": "198.18.0.50/24", "gateway": "198.18.0.1", "interface": 1});
+    if version.has_ip_version() {
+        ip["version"] = json!("4");
+    }
+    json!({
+        "cniVersion": version.as_str(),
+        "interfaces": [
+            {"name": "llk0001", "mac": "ee:ee:ee:00:00:01"},
+            {"name": "eth0", "mac": "02:11:22:33:44:55", "sandbox": "/run/netns/pod1"}
+        ],
+        "ips": [ip],
+        "routes": [{"dst": "0.0.0.0/0", "gw": "198.18.0.1"}],
+        "dns": {"nameservers": ["198.18.0.1"]}
+    })
+}
+
+fn assert_error(out: &(u8, Value), code: u32, msg_contains: &str) {
+    assert_eq!(out.0, 1, "exit code, stdout {}", out.1);
+    assert_eq!(out.1["code"], json!(code), "stdout {}", out.1);
+    let msg = out.1["msg"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains(msg_contains),
+        "msg {msg:?} lacks {msg_contains:?}"
+    );
+    assert!(out.1["cniVersion"].is_string());
+    assert!(out.1["details"].is_string());
+}
+
+fn missing_socket() -> (PathBuf, PathBuf) {
+    let dir = temp_dir();
+    let socket = dir.join("nobody.sock");
+    (dir, socket)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn add_then_del_twice_for_every_version() {
+    let agent = FakeAgent::start();
+    for version in CniVersion::ALL {
+        let conf = netconf(version, &agent.socket);
+        let (code, out) = Invocation::new("ADD", &conf).run();
+        assert_eq!(code, 0, "{version}: {out}");
+        assert_eq!(out, expected_add(version), "{version}");
+        assert_eq!(agent.state().attachments.len(), 1);
+
+        for _ in 0..2 {
+            let (code, out) = Invocation::new("DEL", &conf).run();
+            assert_eq!((code, &out), (0, &Value::Null), "{version}");
+        }
+        assert!(agent.state().attachments.is_empty());
+    }
+
+    let state = agent.state();
+    let add = &state.adds[0];
+    assert_eq!(add.container_id, "ctr1");
+    assert_eq!(add.netns.as_deref(), Some("/run/netns/pod1"));
+    assert_eq!(add.ifname, "eth0");
+    assert_eq!(
+        add.pod,
+        PodIdentity {
+            namespace: Some("default".into()),
+            name: Some("web-0".into()),
+            uid: Some("uid-1".into()),
+        }
+    );
+    assert_eq!(add.config.network, "lan");
+    assert_eq!(add.config.uplink.as_deref(), Some("eth0"));
+    assert_eq!(add.config.mode, Mode::Primary);
+    assert_eq!(add.config.host_routes, vec!["10.96.0.0/12".to_string()]);
+    assert_eq!(add.config.dhcp.as_ref().map(|d| d.timeout_ms), Some(3000));
+    assert_eq!(state.dels.len(), 2 * CniVersion::ALL.len());
+}
+
+#[test]
+fn del_without_netns_succeeds() {
+    let agent = FakeAgent::start();
+    let conf = netconf(CniVersion::V1_1_0, &agent.socket);
+    assert_eq!(Invocation::new("ADD", &conf).run().0, 0);
+    let (code, out) = Invocation::new("DEL", &conf).unset("CNI_NETNS").run();
+    assert_eq!((code, out), (0, Value::Null));
+    assert_eq!(agent.state().dels[0].netns, None);
+    assert!(agent.state().attachments.is_empty());
+}
+
+#[test]
+fn ipam_none_and_secondary_mode() {
+    let agent = FakeAgent::start();
+    let mut conf = netconf(CniVersion::V1_0_0, &agent.socket);
+    conf["ipam"] = json!({"type": "none"});
+    conf["mode"] = json!("secondary");
+    let (code, out) = Invocation::new("ADD", &conf)
+        .var("CNI_IFNAME", "net1")
+        .run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["ips"], json!([]));
+    assert_eq!(out["interfaces"][1]["name"], json!("net1"));
+    let state = agent.state();
+    assert_eq!(state.adds[0].config.dhcp, None);
+    assert_eq!(state.adds[0].config.mode, Mode::Secondary);
+}
+
+#[test]
+fn add_chained_after_a_previous_plugin() {
+    let agent = FakeAgent::start();
+    let mut conf = netconf(CniVersion::V1_0_0, &agent.socket);
+    conf["prevResult"] = json!({
+        "cniVersion": "1.0.0",
+        "interfaces": [{"name": "lo", "mac": "00:00:00:00:00:00", "sandbox": "/run/netns/pod1"}],
+        "ips": [{"address": "127.0.0.1/8", "interface": 0}],
+    });
+    let (code, out) = Invocation::new("ADD", &conf).run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["interfaces"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        out["ips"],
+        json!([
+            {"address": "127.0.0.1/8", "interface": 0},
+            {"address": "198.18.0.50/24", "gateway": "198.18.0.1", "interface": 2}
+        ])
+    );
+}
+
+#[test]
+fn bad_prev_result_is_refused_before_the_agent_is_asked() {
+    let agent = FakeAgent::start();
+    let mut conf = netconf(CniVersion::V1_0_0, &agent.socket);
+    conf["prevResult"] = json!({"ips": "198.18.0.9/24"});
+    let out = Invocation::new("ADD", &conf).run();
+    assert_error(&out, 7, "field prevResult.ips");
+    assert!(agent.state().adds.is_empty());
+}
+
+#[test]
+fn agent_errors_pass_through() {
+    let agent = FakeAgent::start();
+    agent.state().fail_add = true;
+    let conf = netconf(CniVersion::V0_4_0, &agent.socket);
+    let out = Invocation::new("ADD", &conf).run();
+    assert_error(&out, api::codes::DHCP_FAILED, "no dhcp lease for eth0");
+    assert_eq!(
+        out.1["details"],
+        json!("no DHCPOFFER within 5000 ms on eth0")
+    );
+    assert_eq!(out.1["cniVersion"], json!("0.4.0"));
+}
+
+#[test]
+fn agent_down() {
+    let (dir, socket) = missing_socket();
+    let conf = netconf(CniVersion::V1_1_0, &socket);
+    let reachable = format!("agent not reachable at {}", socket.display());
+    assert_error(&Invocation::new("ADD", &conf).run(), 11, &reachable);
+    assert_error(&Invocation::new("DEL", &conf).run(), 11, &reachable);
+    assert_error(&Invocation::new("STATUS", &conf).run(), 50, &reachable);
+    let mut gc_conf = conf.clone();
+    gc_conf["cni.dev/valid-attachments"] = json!([]);
+    assert_error(&Invocation::new("GC", &gc_conf).run(), 11, &reachable);
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn status_codes() {
+    let agent = FakeAgent::start();
+    let conf = netconf(CniVersion::V1_1_0, &agent.socket);
+    // STATUS needs none of the container variables.
+    let invocation = Invocation::new("STATUS", &conf)
+        .unset("CNI_CONTAINERID")
+        .unset("CNI_NETNS")
+        .unset("CNI_IFNAME")
+        .unset("CNI_PATH");
+    assert_eq!(invocation.run(), (0, Value::Null));
+    agent.state().ready = false;
+    assert_error(
+        &invocation.run(),
+        51,
+        "agent not ready: uplink eth0 is down",
+    );
+
+    let old = netconf(CniVersion::V1_0_0, &agent.socket);
+    assert_error(
+        &Invocation::new("STATUS", &old).run(),
+        1,
+        "does not allow STATUS",
+    );
+}
+
+#[test]
+fn check_against_prev_result() {
+    let agent = FakeAgent::start();
+    let conf = netconf(CniVersion::V1_0_0, &agent.socket);
+    let (code, added) = Invocation::new("ADD", &conf).run();
+    assert_eq!(code, 0);
+
+    let mut check = conf.clone();
+    check["prevResult"] = added.clone();
+    assert_eq!(Invocation::new("CHECK", &check).run(), (0, Value::Null));
+
+    let mut changed = check.clone();
+    changed["prevResult"]["ips"][0]["address"] = json!("198.18.0.99/24");
+    assert_error(
+        &Invocation::new("CHECK", &changed).run(),
+        api::codes::CHECK_FAILED,
+        "address 198.18.0.50/24 is not in prevResult",
+    );
+
+    let mut changed = check.clone();
+    changed["prevResult"]["interfaces"][1]["mac"] = json!("02:00:00:00:00:99");
+    assert_error(
+        &Invocation::new("CHECK", &changed).run(),
+        api::codes::CHECK_FAILED,
+        "interface eth0 (02:11:22:33:44:55) is not in prevResult",
+    );
+
+    assert_error(
+        &Invocation::new("CHECK", &conf).run(),
+        7,
+        "field prevResult: required for CHECK",
+    );
+
+    let mut old = check.clone();
+    old["cniVersion"] = json!("0.3.1");
+    assert_error(
+        &Invocation::new("CHECK", &old).run(),
+        1,
+        "does not allow CHECK",
+    );
+
+    let mut disabled = conf.clone();
+    disabled["disableCheck"] = json!(true);
+    let (code, _) = Invocation::new("CHECK", &disabled)
+        .var("CNI_CONTAINERID", "unknown")
+        .run();
+    assert_eq!(code, 0);
+
+    // The agent no longer knows the attachment: its 404 is a CHECK failure.
+    assert_eq!(Invocation::new("DEL", &conf).run().0, 0);
+    assert_error(
+        &Invocation::new("CHECK", &check).run(),
+        3,
+        "no such attachment",
+    );
+}
+
+#[test]
+fn gc_sends_valid_attachments() {
+    let agent = FakeAgent::start();
+    let conf = netconf(CniVersion::V1_1_0, &agent.socket);
+    for id in ["keep", "drop"] {
+        let (code, out) = Invocation::new("ADD", &conf)
+            .var("CNI_CONTAINERID", id)
+            .run();
+        assert_eq!(code, 0, "{out}");
+    }
+    let mut gc = conf.clone();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+    let (code, out) = Invocation::new("GC", &gc)
+        .unset("CNI_CONTAINERID")
+        .unset("CNI_NETNS")
+        .unset("CNI_IFNAME")
+        .run();
+    assert_eq!((code, &out), (0, &Value::Null));
+    let state = agent.state();
+    assert_eq!(state.gcs.len(), 1);
+    assert_eq!(state.gcs[0].network, "lan");
+    assert_eq!(
+        state.attachments.keys().cloned().collect::<Vec<_>>(),
+        vec![("keep".to_string(), "eth0".to_string())]
+    );
+    drop(state);
+
+    assert_error(
+        &Invocation::new("GC", &conf).run(),
+        7,
+        "field cni.dev/valid-attachments: required for GC",
+    );
+}
+
+#[test]
+fn input_errors() {
+    let (dir, socket) = missing_socket();
+    let conf = netconf(CniVersion::V1_0_0, &socket);
+
+    let out = Invocation::new("ADD", &conf)
+        .stdin("{\"cniVersion\": ")
+        .run();
+    assert_error(&out, 6, "invalid netconf JSON");
+
+    let out = Invocation::new("ADD", &conf).unset("CNI_NETNS").run();
+    assert_error(&out, 4, "CNI_NETNS");
+    let out = Invocation::new("DEL", &conf).unset("CNI_IFNAME").run();
+    assert_error(&out, 4, "CNI_IFNAME");
+    let out = Invocation::new("CHECK", &conf)
+        .unset("CNI_CONTAINERID")
+        .run();
+    assert_error(&out, 4, "CNI_CONTAINERID");
+    let out = Invocation::new("ADD", &conf).unset("CNI_COMMAND").run();
+    assert_error(&out, 4, "CNI_COMMAND");
+    let out = Invocation::new("FROB", &conf).run();
+    assert_error(&out, 4, "unknown command");
+
+    let mut bad = conf.clone();
+    bad["cniVersion"] = json!("9.9.9");
+    let out = Invocation::new("ADD", &bad).run();
+    assert_error(&out, 1, "supported: 0.3.0, 0.3.1, 0.4.0, 1.0.0, 1.1.0");
+
+    let mut bad = conf.clone();
+    bad["type"] = json!("bridge");
+    let out = Invocation::new("ADD", &bad).run();
+    assert_error(&out, 7, r#"field type: expected "lanlink", got "bridge""#);
+    assert_eq!(out.1["cniVersion"], json!("1.0.0"));
+
+    let mut bad = conf.clone();
+    bad["hostRoutes"] = json!(["10.96.0.0/12", "198.19.0.0/33"]);
+    let out = Invocation::new("ADD", &bad).run();
+    assert_error(
+        &out,
+        7,
+        r#"invalid netconf: field hostRoutes[1]: "198.19.0.0/33" is not an IPv4 CIDR"#,
+    );
+
+    // Unknown keys are fine: the error is about the agent, not the config.
+    let mut unknown = conf.clone();
+    unknown["someOtherPluginsKey"] = json!({"x": 1});
+    assert_error(
+        &Invocation::new("ADD", &unknown).run(),
+        11,
+        "agent not reachable",
+    );
+
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn version_needs_nothing() {
+    let out = Invocation::new("VERSION", &json!(null))
+        .unset("CNI_CONTAINERID")
+        .unset("CNI_NETNS")
+        .unset("CNI_IFNAME")
+        .unset("CNI_PATH")
+        .stdin("")
+        .run();
+    assert_eq!(
+        out,
+        (
+            0,
+            json!({"cniVersion": "1.1.0", "supportedVersions": ["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"]})
+        )
+    );
+}
+
+#[test]
+fn client_reads_endpoints_leases_metrics() {
+    let agent = FakeAgent::start();
+    let conf = netconf(CniVersion::V1_1_0, &agent.socket);
+    assert_eq!(Invocation::new("ADD", &conf).run().0, 0);
+
+    let client = AgentClient::new(&agent.socket);
+    let endpoints = client.endpoints().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    assert_eq!(endpoints[0].container_id, "ctr1");
+    assert_eq!(client.leases().unwrap()[0].address, "198.18.0.50/24");
+    assert!(client.metrics().unwrap().contains("lanlink_packets_total"));
+    assert!(client.status().unwrap().ready);
+
+    // A route the agent does not have: no ApiError body.
+    let err = client.get_json::<Value>("/v1/nothing").unwrap_err();
+    assert!(
+        matches!(err, ClientError::Status { status, .. } if status == StatusCode::NOT_FOUND),
+        "{err:?}"
+    );
+    assert!(!err.is_not_found());
+
+    let err = client
+        .clone()
+        .with_timeout(Duration::from_millis(200))
+        .get_text("/slow")
+        .unwrap_err();
+    assert!(matches!(err, ClientError::Timeout { .. }), "{err:?}");
+    assert!(err.is_unavailable());
+}
+
+#[test]
+fn client_blocks_inside_a_tokio_runtime() {
+    let agent = FakeAgent::start();
+    let socket = agent.socket.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = runtime.block_on(async move { AgentClient::new(&socket).status() });
+    assert!(status.unwrap().ready);
+
+    let socket = agent.socket.clone();
+    let status = runtime.block_on(async move {
+        AgentClient::new(&socket)
+            .get_json_async::<StatusResponse>("/v1/status")
+            .await
+    });
+    assert!(status.unwrap().ready);
+}

@@ -1,0 +1,28 @@
+//! Broadcast and multicast fan-out to local pods.
+
+use lanlink_common::{MAX_ENDPOINTS, Verdict};
+
+use crate::{maps::FLOOD, stats::count};
+
+/// Clones the frame to the egress of every registered host veth except
+/// `except` (the sender's; 0 for frames from the LAN). The egress of a host
+/// veth is the pod's ingress.
+#[inline(always)]
+pub(crate) fn to_pods(ctx: &aya_ebpf::programs::TcContext, except: u32) {
+    // Bounded loop (verifier, kernel >= 5.3); FLOOD is packed from slot 0.
+    let mut i = 0;
+    while i < MAX_ENDPOINTS {
+        let Some(&ifindex) = FLOOD.get(i) else { break };
+        if ifindex == 0 {
+            break;
+        }
+        if ifindex != except {
+            // A failed clone (e.g. a veth going away) must not stop the
+            // others, but it is counted.
+            if ctx.clone_redirect(ifindex, 0).is_err() {
+                count(Verdict::DropRedirectFailed, ctx.len());
+            }
+        }
+        i += 1;
+    }
+}

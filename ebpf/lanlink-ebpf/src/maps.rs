@@ -1,0 +1,46 @@
+//! The maps and read-only globals. Map names are the statics' names; they
+//! must equal `lanlink_common::map_names` (the agent pins them by those names).
+
+use aya_ebpf::{
+    Global,
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    macros::btf_map,
+};
+use lanlink_common::{
+    Counter, EndpointByIf, EndpointByMac, FlowKey, FlowValue, MAX_ENDPOINTS, MAX_FLOWS,
+    MAX_HOST_ROUTES, MacKey, VERDICT_COUNT,
+};
+
+const EPS: usize = MAX_ENDPOINTS as usize;
+
+/// Pod MAC → where it lives.
+#[btf_map]
+pub(crate) static EP_BY_MAC: HashMap<MacKey, EndpointByMac, EPS> = HashMap::new();
+
+/// Host-veth ifindex → the pod behind it.
+#[btf_map]
+pub(crate) static EP_BY_IF: HashMap<u32, EndpointByIf, EPS> = HashMap::new();
+
+/// Broadcast fan-out: host-veth ifindexes packed from slot 0; 0 ends the list.
+#[btf_map]
+pub(crate) static FLOOD: Array<u32, EPS> = Array::new();
+
+/// Prefixes whose traffic goes to the node's stack (service CIDRs, node IPs).
+#[btf_map]
+pub(crate) static HOST_ROUTES: LpmTrie<[u8; 4], u32, { MAX_HOST_ROUTES as usize }> = LpmTrie::new();
+
+/// Flows that reached a pod through the node's stack (conntrack-bypass fix).
+#[btf_map]
+pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
+
+/// Packets and bytes per verdict, per CPU.
+#[btf_map]
+pub(crate) static STATS: PerCpuArray<Counter, { VERDICT_COUNT as usize }> = PerCpuArray::new();
+
+/// Ifindex of the uplink, set by the agent at load time.
+#[unsafe(no_mangle)]
+pub(crate) static UPLINK_IFINDEX: Global<u32> = Global::new(0);
+
+/// `lanlink_common::config` bits, set by the agent at load time.
+#[unsafe(no_mangle)]
+pub(crate) static CONFIG_FLAGS: Global<u32> = Global::new(0);

@@ -1,0 +1,117 @@
+//! [`ping`]: bounded ICMP reachability checks from inside a namespace.
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::netns::NetNs;
+
+/// What `ping` reported.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PingStats {
+    /// Echo requests sent.
+    pub transmitted: u32,
+    /// Echo replies received.
+    pub received: u32,
+    /// Average round trip, if any reply came.
+    pub rtt_avg_ms: Option<f64>,
+    /// ping's summary lines (`--- … ---`, counts, rtt), for printing.
+    pub summary: String,
+}
+
+impl PingStats {
+    /// Whether at least one request was sent and every one was answered.
+    pub fn all_received(&self) -> bool {
+        self.transmitted > 0 && self.received == self.transmitted
+    }
+}
+
+/// Pings `dst` from `ns`: `count` requests 0.2 s apart, giving up after
+/// `timeout` (ping's own `-w` deadline, and a hard kill 5 s later). Returns
+/// the statistics whether or not replies came; fails only if ping could not
+/// run or printed no statistics.
+pub fn ping(ns: &NetNs, dst: Ipv4Addr, count: u32, timeout: Duration) -> Result<PingStats> {
+    let deadline = timeout.as_secs().max(1).to_string();
+    let out = ns.run_timeout(
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-c",
+            &count.to_string(),
+            "-i",
+            "0.2",
+            "-w",
+            &deadline,
+            &dst.to_string(),
+        ],
+        timeout + Duration::from_secs(5),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    parse_ping(&text).with_context(|| {
+        format!(
+            "no statistics from ping {dst} in {}: {}{}",
+            ns.name(),
+            text.trim(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })
+}
+
+/// Parses iputils ping's summary.
+pub fn parse_ping(text: &str) -> Option<PingStats> {
+    let counts = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let mut fields = counts.split(',').map(str::trim);
+    let transmitted = fields.next()?.split_whitespace().next()?.parse().ok()?;
+    let received = fields.next()?.split_whitespace().next()?.parse().ok()?;
+    let rtt_avg_ms = text
+        .lines()
+        .find(|l| l.starts_with("rtt ") || l.starts_with("round-trip"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|avg| avg.parse().ok());
+    let summary = text
+        .lines()
+        .skip_while(|l| !l.starts_with("---"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    Some(PingStats {
+        transmitted,
+        received,
+        rtt_avg_ms,
+        summary,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_success() {
+        let text = "PING 198.18.0.1 (198.18.0.1) 56(84) bytes of data.\n\n\
+--- 198.18.0.1 ping statistics ---\n\
+3 packets transmitted, 3 received, 0% packet loss, time 405ms\n\
+rtt min/avg/max/mdev = 0.031/0.047/0.070/0.016 ms\n";
+        let s = parse_ping(text).unwrap();
+        assert_eq!((s.transmitted, s.received), (3, 3));
+        assert_eq!(s.rtt_avg_ms, Some(0.047));
+        assert!(s.all_received());
+        assert!(s.summary.starts_with("--- 198.18.0.1"));
+    }
+
+    #[test]
+    fn parses_total_loss() {
+        let text = "--- 198.18.0.9 ping statistics ---\n\
+2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1010ms\n";
+        let s = parse_ping(text).unwrap();
+        assert_eq!((s.transmitted, s.received, s.rtt_avg_ms), (2, 0, None));
+        assert!(!s.all_received());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_ping("ping: connect: Network is unreachable").is_none());
+    }
+}

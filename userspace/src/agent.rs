@@ -1,0 +1,1030 @@
+//! The agent's core: what ADD, DEL, CHECK and GC do, start-up re-adoption,
+//! and lease renewal.
+//!
+//! Locking: the dataplane and the state are each behind a mutex held only for
+//! short, non-blocking sections; DHCP and netlink work run without any global
+//! lock, so many ADDs proceed concurrently. Operations on the same attachment
+//! are serialised by a per-attachment lock.
+
+use std::{
+    collections::HashMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use lanlink_cni::api::{
+    self, AttachmentConfig, AttachmentId, AttachmentRequest, AttachmentResult, Dns, GcRequest,
+    GcResponse, Identity, Interface, IpConfig, LeaseInfo, Mode, Route, StatusResponse, codes,
+};
+use lanlink_common::{EndpointByIf, endpoint_flags};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::{
+    dataplane::{Dataplane, DataplaneError, Hook},
+    dhcp::{self, DhcpClient, DhcpError, Lease, LeaseRequest},
+    netlink::{self, NetlinkError, PodConfig, PodRoute, fmt_mac},
+    state::{self, Endpoint, State, StateError, Store},
+};
+
+/// The link-local gateway every pod routes host-bound traffic through.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Errors of agent operations, each with its CNI error code.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The netconf asks for something invalid.
+    #[error("invalid config: {field}: {reason}")]
+    InvalidConfig {
+        /// The offending key.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// No lease could be obtained or released.
+    #[error("dhcp on uplink {uplink}")]
+    Dhcp {
+        /// The uplink.
+        uplink: String,
+        /// What happened.
+        #[source]
+        source: DhcpError,
+    },
+    /// Interface, address or route work failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// Map or program work failed.
+    #[error(transparent)]
+    Dataplane(#[from] DataplaneError),
+    /// The state could not be persisted.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// CHECK found a difference.
+    #[error("check failed: {0}")]
+    CheckFailed(String),
+    /// The attachment is unknown.
+    #[error("no attachment {0}")]
+    NotFound(String),
+}
+
+impl AgentError {
+    /// The CNI error code reported for it.
+    pub fn code(&self) -> u32 {
+        match self {
+            AgentError::InvalidConfig { .. } => codes::INVALID_CONFIG,
+            AgentError::Dhcp { .. } => codes::DHCP_FAILED,
+            AgentError::Netlink(_) => codes::NETLINK,
+            AgentError::Dataplane(_) => codes::DATAPLANE,
+            AgentError::State(_) => codes::INTERNAL,
+            AgentError::CheckFailed(_) | AgentError::NotFound(_) => codes::CHECK_FAILED,
+        }
+    }
+
+    /// The API error body: the message and its whole cause chain.
+    pub fn to_api(&self) -> api::ApiError {
+        let mut details = Vec::new();
+        let mut src = std::error::Error::source(self);
+        while let Some(s) = src {
+            details.push(s.to_string());
+            src = s.source();
+        }
+        api::ApiError {
+            code: self.code(),
+            msg: self.to_string(),
+            details: details.join(": "),
+        }
+    }
+}
+
+/// The agent's settings.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Uplink name.
+    pub uplink: String,
+    /// Where maps and links are pinned.
+    pub pin_dir: PathBuf,
+    /// Where state is persisted.
+    pub state_dir: PathBuf,
+    /// `lanlink_common::config` bits for the programs.
+    pub dataplane_flags: u32,
+    /// Use promiscuous mode on the uplink instead of its unicast filter.
+    pub promiscuous: bool,
+}
+
+/// The running agent.
+pub struct Agent {
+    cfg: AgentConfig,
+    uplink: netlink::LinkInfo,
+    dp: Mutex<Dataplane>,
+    dhcp: DhcpClient,
+    nl: rtnetlink::Handle,
+    store: Store,
+    state: Mutex<State>,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    renewals: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
+    shutdown: CancellationToken,
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// FNV-1a: a stable, dependency-free hash for interface names.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The host-side veth name of an attachment: `ll` + 12 hex digits (14 bytes,
+/// under the kernel's 15).
+pub fn host_veth_name(container_id: &str, ifname: &str) -> String {
+    format!(
+        "ll{:012x}",
+        fnv1a(state::key(container_id, ifname).as_bytes()) & 0xffff_ffff_ffff
+    )
+}
+
+fn parse_cidr(field: &'static str, s: &str) -> Result<(Ipv4Addr, u8), AgentError> {
+    let bad = || AgentError::InvalidConfig {
+        field,
+        reason: format!("{s:?} is not an IPv4 CIDR"),
+    };
+    let (ip, len) = s.split_once('/').ok_or_else(bad)?;
+    let ip: Ipv4Addr = ip.parse().map_err(|_| bad())?;
+    let len: u8 = len.parse().map_err(|_| bad())?;
+    if len > 32 {
+        return Err(bad());
+    }
+    Ok((ip, len))
+}
+
+/// The routes written in the pod for `mode` (DESIGN.md "Packet paths").
+pub fn pod_routes(cfg: &AttachmentConfig, lease: &Lease) -> Result<Vec<PodRoute>, AgentError> {
+    let src = Some(lease.address);
+    let mut routes = Vec::new();
+    match cfg.mode {
+        Mode::Primary => {
+            routes.push(PodRoute {
+                dst: GATEWAY,
+                prefix: 32,
+                gw: None,
+                src,
+            });
+            if lease.classless_routes.is_empty() {
+                if let Some(r) = lease.router {
+                    routes.push(PodRoute {
+                        dst: Ipv4Addr::UNSPECIFIED,
+                        prefix: 0,
+                        gw: Some(r),
+                        src,
+                    });
+                }
+            } else {
+                // RFC 3442: with option 121 present, option 3 is ignored.
+                for (dst, prefix, gw) in &lease.classless_routes {
+                    let gw = (!gw.is_unspecified()).then_some(*gw);
+                    routes.push(PodRoute {
+                        dst: *dst,
+                        prefix: *prefix,
+                        gw,
+                        src,
+                    });
+                }
+            }
+            for cidr in &cfg.host_routes {
+                let (dst, prefix) = parse_cidr("hostRoutes", cidr)?;
+                routes.push(PodRoute {
+                    dst,
+                    prefix,
+                    gw: Some(GATEWAY),
+                    src,
+                });
+            }
+        }
+        Mode::Secondary => {
+            routes.push(PodRoute {
+                dst: Ipv4Addr::new(224, 0, 0, 0),
+                prefix: 4,
+                gw: None,
+                src,
+            });
+        }
+    }
+    Ok(routes)
+}
+
+fn lease_info(ep: &Endpoint, lease: &Lease) -> LeaseInfo {
+    let renew_at = lease.obtained_at_unix + u64::from(lease.t1_secs);
+    let expires_at = lease.obtained_at_unix + u64::from(lease.lease_secs);
+    let now = now_unix();
+    let state = if ep.expired || now >= expires_at {
+        "expired"
+    } else if now >= lease.obtained_at_unix + u64::from(lease.t2_secs) {
+        "rebinding"
+    } else if now >= renew_at {
+        "renewing"
+    } else {
+        "bound"
+    };
+    LeaseInfo {
+        container_id: ep.container_id.clone(),
+        ifname: ep.ifname.clone(),
+        mac: fmt_mac(&ep.mac),
+        address: format!("{}/{}", lease.address, lease.prefix_len),
+        server: lease.server_id.to_string(),
+        lease_secs: lease.lease_secs,
+        obtained_at: lease.obtained_at_unix,
+        renew_at,
+        expires_at,
+        state: state.to_string(),
+    }
+}
+
+fn result_for(ep: &Endpoint, routes: &[PodRoute]) -> AttachmentResult {
+    let mut r = AttachmentResult {
+        interfaces: vec![
+            Interface {
+                name: ep.host_veth.clone(),
+                mac: fmt_mac(&ep.host_mac),
+                sandbox: None,
+            },
+            Interface {
+                name: ep.ifname.clone(),
+                mac: fmt_mac(&ep.mac),
+                sandbox: Some(ep.netns.clone()),
+            },
+        ],
+        ips: Vec::new(),
+        routes: routes
+            .iter()
+            .map(|r| Route {
+                dst: format!("{}/{}", r.dst, r.prefix),
+                gw: r.gw.map(|g| g.to_string()),
+            })
+            .collect(),
+        dns: Dns::default(),
+        lease: None,
+    };
+    if let Some(l) = &ep.lease {
+        r.ips.push(IpConfig {
+            address: format!("{}/{}", l.address, l.prefix_len),
+            gateway: l.router.map(|g| g.to_string()),
+            interface: Some(1),
+        });
+        r.dns = Dns {
+            nameservers: l.dns.iter().map(ToString::to_string).collect(),
+            domain: l.domain.clone(),
+            search: l.search.clone(),
+        };
+        r.lease = Some(lease_info(ep, l));
+    }
+    r
+}
+
+fn parse_send_options(cfg: &api::DhcpConfig) -> Result<Vec<(u8, Vec<u8>)>, AgentError> {
+    cfg.send_options
+        .iter()
+        .map(|o| {
+            if o.code == 0 || o.code == 255 {
+                return Err(AgentError::InvalidConfig {
+                    field: "dhcp.sendOptions",
+                    reason: format!("option code {} is reserved", o.code),
+                });
+            }
+            let value = match o.value.strip_prefix("0x") {
+                Some(hex) if hex.len() % 2 == 0 => (0..hex.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+                    .collect::<Result<Vec<u8>, _>>()
+                    .map_err(|_| AgentError::InvalidConfig {
+                        field: "dhcp.sendOptions",
+                        reason: format!("{:?} is not hex", o.value),
+                    })?,
+                Some(_) => {
+                    return Err(AgentError::InvalidConfig {
+                        field: "dhcp.sendOptions",
+                        reason: format!("{:?} has an odd number of hex digits", o.value),
+                    });
+                }
+                None => o.value.as_bytes().to_vec(),
+            };
+            Ok((o.code, value))
+        })
+        .collect()
+}
+
+/// Work already done by an ADD, undone in reverse if a later step fails.
+#[derive(Default)]
+struct Undo {
+    veth: Option<String>,
+    attached: bool,
+    endpoint: Option<(u32, [u8; 6])>,
+    lease: Option<Lease>,
+}
+
+impl Agent {
+    /// Starts the agent: loads the dataplane, opens the DHCP socket, and
+    /// re-adopts the attachments of a previous run.
+    pub async fn start(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        let nl = netlink::connect()?;
+        let uplink = netlink::link(&nl, &cfg.uplink)
+            .await
+            .with_context(|| format!("uplink {}", cfg.uplink))?;
+        let dp = Dataplane::load(crate::dataplane::DataplaneConfig {
+            uplink: cfg.uplink.clone(),
+            uplink_ifindex: uplink.index,
+            pin_dir: cfg.pin_dir.clone(),
+            flags: cfg.dataplane_flags,
+        })
+        .context("load the dataplane")?;
+        let dhcp = DhcpClient::new(&cfg.uplink).context("open the DHCP socket on the uplink")?;
+        let store = Store::new(&cfg.state_dir)?;
+        let state = store.load()?;
+        if cfg.promiscuous {
+            nl.link()
+                .set(
+                    rtnetlink::LinkUnspec::new_with_index(uplink.index)
+                        .promiscuous(true)
+                        .build(),
+                )
+                .execute()
+                .await
+                .context("set the uplink promiscuous")?;
+        }
+        let agent = Arc::new(Self {
+            cfg,
+            uplink,
+            dp: Mutex::new(dp),
+            dhcp,
+            nl,
+            store,
+            state: Mutex::new(state),
+            locks: Mutex::new(HashMap::new()),
+            renewals: Mutex::new(HashMap::new()),
+            shutdown,
+        });
+        agent.readopt().await;
+        Ok(agent)
+    }
+
+    /// The DHCP client (for its counters).
+    pub fn dhcp(&self) -> &DhcpClient {
+        &self.dhcp
+    }
+
+    /// Runs `f` with the dataplane locked.
+    pub fn with_dataplane<T>(&self, f: impl FnOnce(&mut Dataplane) -> T) -> T {
+        f(&mut self.dp.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key.to_string()).or_default().clone()
+    }
+
+    /// Saves the state with `ep` inserted (or removed, for `None`).
+    fn commit(&self, key: &str, ep: Option<Endpoint>) -> Result<(), AgentError> {
+        let mut st = self.state();
+        match ep {
+            Some(ep) => {
+                st.endpoints.insert(key.to_string(), ep);
+            }
+            None => {
+                st.endpoints.remove(key);
+            }
+        }
+        self.store.save(&st)?;
+        Ok(())
+    }
+
+    /// Rewrites the flood list from the state (every endpoint's host veth).
+    fn sync_flood(&self) -> Result<(), AgentError> {
+        let members: Vec<u32> = self
+            .state()
+            .endpoints
+            .values()
+            .map(|e| e.host_ifindex)
+            .collect();
+        self.with_dataplane(|dp| dp.set_flood(&members))?;
+        Ok(())
+    }
+
+    /// Status for `GET /v1/status`.
+    pub fn status(&self) -> StatusResponse {
+        let adopted = self.with_dataplane(|dp| dp.adopted);
+        StatusResponse {
+            ready: true,
+            reason: None,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            uplink: self.cfg.uplink.clone(),
+            uplink_ifindex: self.uplink.index,
+            pin_dir: self.cfg.pin_dir.display().to_string(),
+            endpoints: self.state().endpoints.len(),
+            adopted,
+        }
+    }
+
+    /// All endpoints.
+    pub fn endpoints(&self) -> Vec<api::EndpointInfo> {
+        self.state()
+            .endpoints
+            .values()
+            .map(Endpoint::info)
+            .collect()
+    }
+
+    /// All leases.
+    pub fn leases(&self) -> Vec<LeaseInfo> {
+        self.state()
+            .endpoints
+            .values()
+            .filter_map(|e| e.lease.as_ref().map(|l| lease_info(e, l)))
+            .collect()
+    }
+
+    fn endpoint_entry(&self, ep: &Endpoint) -> EndpointByIf {
+        let mut flags = 0;
+        match &ep.lease {
+            Some(_) => flags |= endpoint_flags::AGENT_DHCP,
+            None => flags |= endpoint_flags::OWN_DHCP,
+        }
+        if ep.config.mode == Mode::Secondary {
+            flags |= endpoint_flags::SECONDARY;
+        }
+        if ep.expired {
+            flags |= endpoint_flags::EXPIRED;
+        }
+        EndpointByIf {
+            mac: ep.mac,
+            host_mac: ep.host_mac,
+            ipv4: ep
+                .lease
+                .as_ref()
+                .map(|l| l.address.octets())
+                .unwrap_or([0; 4]),
+            flags,
+        }
+    }
+
+    fn check_uplink(&self, cfg: &AttachmentConfig) -> Result<(), AgentError> {
+        match &cfg.uplink {
+            Some(u) if *u != self.cfg.uplink => Err(AgentError::InvalidConfig {
+                field: "uplink",
+                reason: format!(
+                    "the netconf names {u} but this node's agent serves {}",
+                    self.cfg.uplink
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// CNI ADD.
+    pub async fn add(
+        self: &Arc<Self>,
+        req: AttachmentRequest,
+    ) -> Result<AttachmentResult, AgentError> {
+        self.check_uplink(&req.config)?;
+        let netns = req.netns.clone().ok_or(AgentError::InvalidConfig {
+            field: "CNI_NETNS",
+            reason: "ADD needs the pod's network namespace".into(),
+        })?;
+        let key = state::key(&req.container_id, &req.ifname);
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+
+        if let Some(existing) = self.state().endpoints.get(&key).cloned() {
+            // The runtime retried an ADD that succeeded: answer the same result.
+            if existing.netns == netns {
+                let routes = match &existing.lease {
+                    Some(l) => pod_routes(&existing.config, l)?,
+                    None => Vec::new(),
+                };
+                return Ok(result_for(&existing, &routes));
+            }
+            return Err(AgentError::InvalidConfig {
+                field: "CNI_CONTAINERID",
+                reason: format!("{key} is already attached in {}", existing.netns),
+            });
+        }
+        for cidr in &req.config.host_routes {
+            parse_cidr("hostRoutes", cidr)?;
+        }
+
+        let mut undo = Undo::default();
+        match self.add_steps(&req, &netns, &key, &mut undo).await {
+            Ok(r) => Ok(r),
+            Err(e) => {
+                warn!(attachment = %key, error = %e, "ADD failed, undoing");
+                self.undo(undo).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn add_steps(
+        self: &Arc<Self>,
+        req: &AttachmentRequest,
+        netns: &str,
+        key: &str,
+        undo: &mut Undo,
+    ) -> Result<AttachmentResult, AgentError> {
+        let (mac, client_id) = match req
+            .config
+            .dhcp
+            .as_ref()
+            .map(|d| d.identity)
+            .unwrap_or_default()
+        {
+            Identity::Stable => {
+                let ns = req.pod.namespace.as_deref().unwrap_or("");
+                // Without a pod name the container is the identity.
+                let pod = req.pod.name.as_deref().unwrap_or(&req.container_id);
+                dhcp::stable_identity(ns, pod, &req.ifname)
+            }
+            Identity::Random => dhcp::random_identity(),
+        };
+        let host_veth = host_veth_name(&req.container_id, &req.ifname);
+        let mtu = req.config.mtu.unwrap_or(self.uplink.mtu);
+
+        // 1. The veth pair, the pod end born in the pod's namespace.
+        netlink::delete_link(&self.nl, &host_veth).await?; // leftover of a crashed ADD
+        let host = netlink::create_veth(
+            &self.nl,
+            &netlink::VethSpec {
+                host_name: &host_veth,
+                pod_name: &req.ifname,
+                pod_mac: mac,
+                netns: Path::new(netns),
+                mtu,
+            },
+        )
+        .await?;
+        undo.veth = Some(host_veth.clone());
+
+        let mut ep = Endpoint {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: netns.to_string(),
+            pod: req.pod.clone(),
+            config: req.config.clone(),
+            host_veth: host_veth.clone(),
+            host_ifindex: host.index,
+            host_mac: host.mac,
+            mac,
+            lease: None,
+            expired: false,
+        };
+
+        // 2. Programs on the host veth, the endpoint in the maps (no address
+        //    yet: only DHCP and ARP probes pass), the MAC in the uplink filter.
+        self.with_dataplane(|dp| {
+            dp.attach(&host_veth, Hook::FromPod)?;
+            dp.attach(&host_veth, Hook::ToPod)
+        })?;
+        undo.attached = true;
+        let entry = self.endpoint_entry(&ep);
+        self.with_dataplane(|dp| dp.upsert_endpoint(host.index, entry))?;
+        undo.endpoint = Some((host.index, mac));
+        if !self.cfg.promiscuous {
+            netlink::add_uc_filter(&self.nl, self.uplink.index, mac).await?;
+        }
+
+        // 3. The lease, on the pod's behalf, from the node.
+        let mut routes = Vec::new();
+        if let Some(dcfg) = &req.config.dhcp {
+            let lease_req = LeaseRequest {
+                mac,
+                client_id,
+                hostname: req.pod.name.as_deref().and_then(dhcp::sanitize_hostname),
+                timeout: Duration::from_millis(dcfg.timeout_ms),
+                send_options: parse_send_options(dcfg)?,
+            };
+            let lease = self
+                .dhcp
+                .acquire(&lease_req)
+                .await
+                .map_err(|source| AgentError::Dhcp {
+                    uplink: self.cfg.uplink.clone(),
+                    source,
+                })?;
+            undo.lease = Some(lease.clone());
+            info!(attachment = %key, address = %lease.address, mac = %fmt_mac(&mac), server = %lease.server_id, "leased");
+
+            // 4. Address and routes in the pod; the node's route to it.
+            routes = pod_routes(&req.config, &lease)?;
+            netlink::configure_pod(
+                Path::new(netns),
+                PodConfig {
+                    ifname: req.ifname.clone(),
+                    address: lease.address,
+                    prefix: lease.prefix_len,
+                    routes: routes.clone(),
+                },
+            )
+            .await?;
+            netlink::add_host_route(&self.nl, lease.address, host.index).await?;
+            ep.lease = Some(lease);
+        } else {
+            // `ipam: none`: the pod runs its own DHCP client; bring its link up.
+            let ifname = req.ifname.clone();
+            netlink::in_netns(Path::new(netns), move |h| async move {
+                let l = netlink::link(&h, &ifname).await?;
+                h.link()
+                    .set(rtnetlink::LinkUnspec::new_with_index(l.index).up().build())
+                    .execute()
+                    .await
+                    .map_err(|source| NetlinkError::Request {
+                        what: format!("set {ifname} up"),
+                        source,
+                    })
+            })
+            .await?;
+        }
+
+        // 5. The endpoint with its address; persist; flood membership.
+        let entry = self.endpoint_entry(&ep);
+        self.with_dataplane(|dp| dp.upsert_endpoint(host.index, entry))?;
+        self.commit(key, Some(ep.clone()))?;
+        if let Err(e) = self.sync_flood() {
+            self.commit(key, None)?;
+            return Err(e);
+        }
+        self.spawn_renewal(key.to_string());
+        Ok(result_for(&ep, &routes))
+    }
+
+    async fn undo(&self, undo: Undo) {
+        if let Some(lease) = &undo.lease
+            && let Err(e) = self.dhcp.release(lease).await
+        {
+            warn!(error = %e, "undo: release failed");
+        }
+        if let Some((ifindex, mac)) = undo.endpoint {
+            if let Err(e) = self.with_dataplane(|dp| dp.remove_endpoint(ifindex, mac)) {
+                warn!(error = %e, "undo: remove endpoint failed");
+            }
+            if !self.cfg.promiscuous
+                && let Err(e) = netlink::del_uc_filter(&self.nl, self.uplink.index, mac).await
+            {
+                warn!(error = %e, "undo: remove unicast filter entry failed");
+            }
+        }
+        if let Some(veth) = &undo.veth {
+            if undo.attached {
+                let _ = self.with_dataplane(|dp| {
+                    dp.detach(veth, Hook::FromPod)?;
+                    dp.detach(veth, Hook::ToPod)
+                });
+            }
+            if let Err(e) = netlink::delete_link(&self.nl, veth).await {
+                warn!(error = %e, "undo: delete veth failed");
+            }
+        }
+    }
+
+    /// CNI DEL: idempotent; succeeds when the attachment is already gone.
+    pub async fn del(self: &Arc<Self>, req: AttachmentRequest) -> Result<(), AgentError> {
+        let key = state::key(&req.container_id, &req.ifname);
+        let lock = self.lock_for(&key);
+        let _guard = lock.lock().await;
+        let ep = self.state().endpoints.get(&key).cloned();
+        match ep {
+            Some(ep) => self.remove(&ep).await,
+            None => {
+                // Unknown to the state (e.g. a crash mid-ADD): remove what the
+                // name says could exist.
+                let veth = host_veth_name(&req.container_id, &req.ifname);
+                if let Some(l) = netlink::find_link(&self.nl, &veth).await?
+                    && let Some(e) = self.with_dataplane(|dp| dp.endpoint(l.index))
+                {
+                    self.with_dataplane(|dp| dp.remove_endpoint(l.index, e.mac))?;
+                    netlink::del_uc_filter(&self.nl, self.uplink.index, e.mac).await?;
+                }
+                self.with_dataplane(|dp| {
+                    dp.detach(&veth, Hook::FromPod)?;
+                    dp.detach(&veth, Hook::ToPod)
+                })?;
+                netlink::delete_link(&self.nl, &veth).await?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Removes an attachment entirely: lease released, maps, filter, links, veth.
+    async fn remove(&self, ep: &Endpoint) -> Result<(), AgentError> {
+        let key = ep.key();
+        if let Some(h) = self
+            .renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key)
+        {
+            h.abort();
+        }
+        if let Some(lease) = &ep.lease
+            && !ep.expired
+        {
+            // A failed RELEASE must not block DEL: the lease then expires
+            // on the server by itself. It is logged and counted.
+            if let Err(e) = self.dhcp.release(lease).await {
+                warn!(attachment = %key, error = %e, "release failed");
+            }
+        }
+        self.with_dataplane(|dp| dp.remove_endpoint(ep.host_ifindex, ep.mac))?;
+        if !self.cfg.promiscuous {
+            netlink::del_uc_filter(&self.nl, self.uplink.index, ep.mac).await?;
+        }
+        self.with_dataplane(|dp| {
+            dp.detach(&ep.host_veth, Hook::FromPod)?;
+            dp.detach(&ep.host_veth, Hook::ToPod)
+        })?;
+        netlink::delete_link(&self.nl, &ep.host_veth).await?;
+        self.commit(&key, None)?;
+        self.sync_flood()?;
+        info!(attachment = %key, "removed");
+        Ok(())
+    }
+
+    /// CNI CHECK: the attachment still looks as the agent made it.
+    pub async fn check(
+        self: &Arc<Self>,
+        req: AttachmentRequest,
+    ) -> Result<AttachmentResult, AgentError> {
+        let key = state::key(&req.container_id, &req.ifname);
+        let ep = self
+            .state()
+            .endpoints
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(key.clone()))?;
+        let fail = |what: String| Err(AgentError::CheckFailed(format!("{key}: {what}")));
+        let Some(host) = netlink::find_link(&self.nl, &ep.host_veth).await? else {
+            return fail(format!("host veth {} is gone", ep.host_veth));
+        };
+        if host.index != ep.host_ifindex {
+            return fail(format!(
+                "host veth {} has index {}, expected {}",
+                ep.host_veth, host.index, ep.host_ifindex
+            ));
+        }
+        let entry = self.endpoint_entry(&ep);
+        if self.with_dataplane(|dp| dp.endpoint(host.index)) != Some(entry) {
+            return fail("endpoint map entry differs".into());
+        }
+        if self
+            .with_dataplane(|dp| dp.endpoint_by_mac(ep.mac))
+            .map(|e| e.ifindex)
+            != Some(host.index)
+        {
+            return fail("MAC map entry differs".into());
+        }
+        for hook in [Hook::FromPod, Hook::ToPod] {
+            if !self.with_dataplane(|dp| dp.is_attached(&ep.host_veth, hook)) {
+                return fail(format!("{hook:?} is not attached to {}", ep.host_veth));
+            }
+        }
+        let pod = netlink::read_pod(Path::new(&ep.netns), &ep.ifname).await?;
+        if pod.mac != Some(ep.mac) {
+            return fail(format!(
+                "{} has MAC {:?}, expected {}",
+                ep.ifname,
+                pod.mac.map(|m| fmt_mac(&m)),
+                fmt_mac(&ep.mac)
+            ));
+        }
+        let mut routes = Vec::new();
+        if let Some(l) = &ep.lease {
+            if ep.expired {
+                return fail(format!("the lease for {} expired", l.address));
+            }
+            if !pod.addresses.contains(&(l.address, l.prefix_len)) {
+                return fail(format!(
+                    "{} lacks {}/{}",
+                    ep.ifname, l.address, l.prefix_len
+                ));
+            }
+            routes = pod_routes(&ep.config, l)?;
+            for r in &routes {
+                if !pod
+                    .routes
+                    .iter()
+                    .any(|p| p.dst == r.dst && p.prefix == r.prefix && p.gw == r.gw)
+                {
+                    return fail(format!(
+                        "route {}/{} via {:?} is missing",
+                        r.dst, r.prefix, r.gw
+                    ));
+                }
+            }
+        }
+        Ok(result_for(&ep, &routes))
+    }
+
+    /// CNI GC: removes every attachment of `network` not in the valid list.
+    pub async fn gc(self: &Arc<Self>, req: GcRequest) -> Result<GcResponse, AgentError> {
+        let stale: Vec<Endpoint> = self
+            .state()
+            .endpoints
+            .values()
+            .filter(|e| e.config.network == req.network)
+            .filter(|e| {
+                !req.valid_attachments
+                    .iter()
+                    .any(|v| v.container_id == e.container_id && v.ifname == e.ifname)
+            })
+            .cloned()
+            .collect();
+        let mut removed = Vec::new();
+        for ep in stale {
+            let lock = self.lock_for(&ep.key());
+            let _guard = lock.lock().await;
+            self.remove(&ep).await?;
+            removed.push(AttachmentId {
+                container_id: ep.container_id,
+                ifname: ep.ifname,
+            });
+        }
+        Ok(GcResponse { removed })
+    }
+
+    /// At start: re-attach the new programs to every known host veth (an
+    /// atomic swap in the pinned links), rewrite map entries, resume
+    /// renewals; forget attachments whose veth vanished while the agent was
+    /// down, releasing their leases.
+    async fn readopt(self: &Arc<Self>) {
+        let endpoints: Vec<Endpoint> = self.state().endpoints.values().cloned().collect();
+        for ep in endpoints {
+            let key = ep.key();
+            match netlink::find_link(&self.nl, &ep.host_veth).await {
+                Ok(Some(l)) if l.index == ep.host_ifindex => {
+                    let entry = self.endpoint_entry(&ep);
+                    let res = self.with_dataplane(|dp| {
+                        dp.attach(&ep.host_veth, Hook::FromPod)?;
+                        dp.attach(&ep.host_veth, Hook::ToPod)?;
+                        dp.upsert_endpoint(l.index, entry)
+                    });
+                    if let Err(e) = res {
+                        warn!(attachment = %key, error = %e, "cannot re-adopt endpoint");
+                        continue;
+                    }
+                    if let Some(lease) = &ep.lease
+                        && let Err(e) =
+                            netlink::add_host_route(&self.nl, lease.address, l.index).await
+                    {
+                        warn!(attachment = %key, error = %e, "cannot restore host route");
+                    }
+                    if !self.cfg.promiscuous
+                        && let Err(e) =
+                            netlink::add_uc_filter(&self.nl, self.uplink.index, ep.mac).await
+                    {
+                        warn!(attachment = %key, error = %e, "cannot restore unicast filter entry");
+                    }
+                    if ep.lease.is_some() && !ep.expired {
+                        self.spawn_renewal(key.clone());
+                    }
+                    info!(attachment = %key, "re-adopted");
+                }
+                Ok(_) => {
+                    info!(attachment = %key, "veth vanished while the agent was down; cleaning up");
+                    if let Err(e) = self.remove(&ep).await {
+                        warn!(attachment = %key, error = %e, "cleanup failed");
+                    }
+                }
+                Err(e) => warn!(attachment = %key, error = %e, "cannot look up veth"),
+            }
+        }
+        if let Err(e) = self.sync_flood() {
+            warn!(error = %e, "cannot rewrite the flood list");
+        }
+    }
+
+    fn spawn_renewal(self: &Arc<Self>, key: String) {
+        let agent = Arc::clone(self);
+        let k = key.clone();
+        let handle = tokio::spawn(async move { agent.renew_loop(k).await });
+        if let Some(old) = self
+            .renewals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, handle)
+        {
+            old.abort();
+        }
+    }
+
+    /// Renews at T1 (unicast), rebinds at T2 (broadcast), expires at the end
+    /// of the lease: the endpoint is then marked expired in the maps (it may
+    /// only send DHCP) and its address removed from the pod.
+    async fn renew_loop(self: Arc<Self>, key: String) {
+        loop {
+            let Some(ep) = self.state().endpoints.get(&key).cloned() else {
+                return;
+            };
+            let Some(lease) = ep.lease.clone() else {
+                return;
+            };
+            if ep.expired {
+                return;
+            }
+            let now = now_unix();
+            let t1 = lease.obtained_at_unix + u64::from(lease.t1_secs);
+            let t2 = lease.obtained_at_unix + u64::from(lease.t2_secs);
+            let end = lease.obtained_at_unix + u64::from(lease.lease_secs);
+            if now >= end {
+                self.expire(&key).await;
+                return;
+            }
+            if now < t1 {
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(t1 - now)) => {}
+                    _ = self.shutdown.cancelled() => return,
+                }
+                continue;
+            }
+            let rebinding = now >= t2;
+            // Retry in the remaining time with a bounded wait per attempt
+            // (RFC 2131 4.4.5: half the remaining time, at least 60 s in
+            // practice; shortened here for short leases).
+            let deadline = if rebinding { end } else { t2 };
+            let wait = ((deadline.saturating_sub(now)) / 2).clamp(1, 60);
+            match self
+                .dhcp
+                .renew(&lease, rebinding, Duration::from_secs(wait))
+                .await
+            {
+                Ok(new) => {
+                    let lock = self.lock_for(&key);
+                    let _g = lock.lock().await;
+                    let Some(mut ep) = self.state().endpoints.get(&key).cloned() else {
+                        return;
+                    };
+                    let changed = new.address != lease.address;
+                    ep.lease = Some(new.clone());
+                    if let Err(e) = self.commit(&key, Some(ep)) {
+                        warn!(attachment = %key, error = %e, "cannot persist renewed lease");
+                    }
+                    info!(attachment = %key, address = %new.address, rebinding, "renewed");
+                    if changed {
+                        warn!(attachment = %key, old = %lease.address, new = %new.address, "server changed the address on renewal");
+                    }
+                }
+                Err(e) => {
+                    warn!(attachment = %key, error = %e, rebinding, "renewal failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = self.shutdown.cancelled() => return,
+                    }
+                }
+            }
+        }
+    }
+
+    async fn expire(&self, key: &str) {
+        let lock = self.lock_for(key);
+        let _g = lock.lock().await;
+        let Some(mut ep) = self.state().endpoints.get(key).cloned() else {
+            return;
+        };
+        ep.expired = true;
+        warn!(attachment = %key, "lease expired");
+        let entry = self.endpoint_entry(&ep);
+        if let Err(e) = self.with_dataplane(|dp| dp.upsert_endpoint(ep.host_ifindex, entry)) {
+            warn!(attachment = %key, error = %e, "cannot mark endpoint expired");
+        }
+        if let Some(l) = &ep.lease {
+            let (ifname, addr, prefix) = (ep.ifname.clone(), l.address, l.prefix_len);
+            let res = netlink::in_netns(Path::new(&ep.netns), move |h| async move {
+                use futures::TryStreamExt as _;
+                let link = netlink::link(&h, &ifname).await?;
+                let mut addrs = h.address().get().set_link_index_filter(link.index).execute();
+                while let Some(a) = addrs.try_next().await.map_err(|source| NetlinkError::Request { what: "list addresses".into(), source })? {
+                    let ours = a.header.prefix_len == prefix
+                        && a.attributes.iter().any(|x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == addr));
+                    if ours {
+                        h.address().del(a).execute().await.map_err(|source| NetlinkError::Request { what: format!("remove {addr}/{prefix}"), source })?;
+                    }
+                }
+                Ok(())
+            })
+            .await;
+            if let Err(e) = res {
+                warn!(attachment = %key, error = %e, "cannot remove the expired address");
+            }
+        }
+        if let Err(e) = self.commit(key, Some(ep)) {
+            warn!(attachment = %key, error = %e, "cannot persist expiry");
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The agent's DHCPv4 client, speaking for every pod on the node's LAN.
+//!
+//! Pods get their addresses from the LAN's own DHCP server. The agent asks on
+//! each pod's behalf *from the node*: frames leave the uplink through a
+//! packet socket with the pod's MAC as Ethernet source and chaddr, so DHCP
+//! works before the pod has an address, whatever runs in the pod, and a
+//! RELEASE can still be sent after the pod's veth is gone (DESIGN.md, "DHCP").
+//!
+//! - [`DhcpClient`]: acquire, renew, rebind and release over the uplink.
+//! - [`Lease`], [`LeaseMachine`]: what a pod holds and when to renew it.
+//! - [`stable_identity`], [`random_identity`], [`sanitize_hostname`]: who
+//!   the client says the pod is.
+//! - [`persist`]: crash-safe files for leases across agent restarts.
+
+mod client;
+mod error;
+mod identity;
+mod lease;
+pub mod persist;
+mod socket;
+mod wire;
+
+pub use client::{DhcpClient, DhcpConfig, DhcpStats, LeaseRequest};
+pub use error::{DhcpError, Mac};
+pub use identity::{random_identity, sanitize_hostname, stable_identity};
+pub use lease::{Lease, LeaseAction, LeaseMachine, LeasePhase, RenewPolicy};
+pub use wire::{decode_classless_routes, encode_classless_routes};

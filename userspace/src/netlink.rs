@@ -1,0 +1,504 @@
+//! rtnetlink work: the veth pair of a pod, host routes, the uplink's unicast
+//! filter, and the pod-side address and routes.
+//!
+//! `setns` only affects the calling thread, so work inside a pod's namespace
+//! runs on a dedicated thread that entered it, with its own current-thread
+//! runtime and its own netlink connection ([`in_netns`]). Node-side work uses
+//! a [`rtnetlink::Handle`] opened in the agent's own namespace.
+
+use std::{
+    fs::File,
+    future::Future,
+    net::Ipv4Addr,
+    os::fd::{AsFd, AsRawFd},
+    path::{Path, PathBuf},
+};
+
+use futures::TryStreamExt as _;
+use rtnetlink::{
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+    packet_route::{
+        address::AddressAttribute,
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        neighbour::NeighbourFlags,
+        route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
+    },
+};
+
+/// Errors of netlink work.
+#[derive(Debug, thiserror::Error)]
+pub enum NetlinkError {
+    /// Could not open a netlink socket.
+    #[error("cannot open a netlink connection")]
+    Connect(#[source] std::io::Error),
+    /// A netlink request failed.
+    #[error("netlink: {what}")]
+    Request {
+        /// What was being done, e.g. `add address 198.18.0.100/24 to eth0`.
+        what: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
+    /// An interface does not exist.
+    #[error("no interface named {name}")]
+    NoSuchLink {
+        /// Its name.
+        name: String,
+    },
+    /// The pod's network namespace could not be opened or entered.
+    #[error("cannot enter network namespace {path}")]
+    Netns {
+        /// The namespace path (`CNI_NETNS`).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The thread doing namespace work died.
+    #[error("namespace worker thread for {path} panicked")]
+    Worker {
+        /// The namespace path.
+        path: PathBuf,
+    },
+}
+
+fn req(what: impl Into<String>) -> impl FnOnce(rtnetlink::Error) -> NetlinkError {
+    let what = what.into();
+    move |source| NetlinkError::Request { what, source }
+}
+
+/// Whether a netlink error is the kernel's "no such device/entry" (ENODEV,
+/// ENOENT, ESRCH), which idempotent deletes treat as success.
+pub fn is_not_found(e: &NetlinkError) -> bool {
+    match e {
+        NetlinkError::NoSuchLink { .. } => true,
+        NetlinkError::Request {
+            source: rtnetlink::Error::NetlinkError(m),
+            ..
+        } => m
+            .code
+            .map(|c| matches!(-c.get(), libc::ENODEV | libc::ENOENT | libc::ESRCH))
+            .unwrap_or(false),
+        _ => false,
+    }
+}
+
+/// Opens a netlink connection in the calling thread's namespace and spawns
+/// its driver on the current runtime.
+pub fn connect() -> Result<Handle, NetlinkError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Runs `f` with a netlink handle inside the network namespace at `netns`,
+/// on a dedicated thread, and returns its result.
+pub async fn in_netns<F, Fut, T>(netns: &Path, f: F) -> Result<T, NetlinkError>
+where
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T, NetlinkError>>,
+    T: Send + 'static,
+{
+    let path = netns.to_path_buf();
+    let file = File::open(&path).map_err(|source| NetlinkError::Netns {
+        path: path.clone(),
+        source,
+    })?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread_path = path.clone();
+    std::thread::Builder::new()
+        .name("lanlink-netns".into())
+        .spawn(move || {
+            let res = (|| {
+                nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(
+                    |e| NetlinkError::Netns {
+                        path: thread_path.clone(),
+                        source: std::io::Error::from(e),
+                    },
+                )?;
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(NetlinkError::Connect)?;
+                rt.block_on(async move { f(connect()?).await })
+            })();
+            let _ = tx.send(res);
+        })
+        .map_err(NetlinkError::Connect)?;
+    rx.await.map_err(|_| NetlinkError::Worker { path })?
+}
+
+/// A link's index and MAC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    /// Interface index.
+    pub index: u32,
+    /// MAC address.
+    pub mac: [u8; 6],
+    /// MTU.
+    pub mtu: u32,
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        mac: [0; 6],
+        mtu: 1500,
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(a),
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            _ => {}
+        }
+    }
+    info
+}
+
+/// Looks up a link by name; `Ok(None)` if it does not exist.
+pub async fn find_link(handle: &Handle, name: &str) -> Result<Option<LinkInfo>, NetlinkError> {
+    let mut links = handle.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+        Ok(None) => Ok(None),
+        Err(e) => {
+            let e = req(format!("get link {name}"))(e);
+            if is_not_found(&e) { Ok(None) } else { Err(e) }
+        }
+    }
+}
+
+/// Looks up a link by name; an error if it does not exist.
+pub async fn link(handle: &Handle, name: &str) -> Result<LinkInfo, NetlinkError> {
+    find_link(handle, name)
+        .await?
+        .ok_or_else(|| NetlinkError::NoSuchLink {
+            name: name.to_string(),
+        })
+}
+
+/// What [`create_veth`] makes.
+#[derive(Clone, Debug)]
+pub struct VethSpec<'a> {
+    /// Host-side name (in the agent's namespace).
+    pub host_name: &'a str,
+    /// Pod-side name (`CNI_IFNAME`).
+    pub pod_name: &'a str,
+    /// Pod-side MAC.
+    pub pod_mac: [u8; 6],
+    /// The pod's namespace.
+    pub netns: &'a Path,
+    /// MTU of both ends.
+    pub mtu: u32,
+}
+
+/// Creates a veth pair whose peer is born inside the pod's namespace with its
+/// final name and MAC (no rename, no move), and brings the host side up.
+/// Returns the host side.
+pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<LinkInfo, NetlinkError> {
+    let netns = File::open(spec.netns).map_err(|source| NetlinkError::Netns {
+        path: spec.netns.to_path_buf(),
+        source,
+    })?;
+    let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        .name(spec.pod_name.to_string())
+        .address(spec.pod_mac.to_vec())
+        .mtu(spec.mtu)
+        .setns_by_fd(netns.as_raw_fd())
+        .build();
+    let msg = LinkVeth::new(spec.host_name, spec.pod_name)
+        .mtu(spec.mtu)
+        .up()
+        .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+        .build();
+    handle.link().add(msg).execute().await.map_err(req(format!(
+        "create veth {} with peer {} in {}",
+        spec.host_name,
+        spec.pod_name,
+        spec.netns.display()
+    )))?;
+    drop(netns);
+    link(handle, spec.host_name).await
+}
+
+/// Deletes a link by name; succeeds if it is already gone.
+pub async fn delete_link(handle: &Handle, name: &str) -> Result<(), NetlinkError> {
+    let Some(l) = find_link(handle, name).await? else {
+        return Ok(());
+    };
+    match handle.link().del(l.index).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e = req(format!("delete link {name}"))(e);
+            if is_not_found(&e) { Ok(()) } else { Err(e) }
+        }
+    }
+}
+
+fn host_route(ip: Ipv4Addr, ifindex: u32) -> RouteMessage {
+    RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(ip, 32)
+        .output_interface(ifindex)
+        .scope(RouteScope::Link)
+        .build()
+}
+
+/// `ip route replace <ip>/32 dev <ifindex> scope link`: how the node reaches a pod (F4).
+pub async fn add_host_route(
+    handle: &Handle,
+    ip: Ipv4Addr,
+    ifindex: u32,
+) -> Result<(), NetlinkError> {
+    handle
+        .route()
+        .add(host_route(ip, ifindex))
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!("add route {ip}/32 dev index {ifindex}")))
+}
+
+/// Adds `mac` to the unicast filter of `ifindex` (`bridge fdb add <mac> dev
+/// <uplink> self permanent`), so the NIC accepts frames for a pod without
+/// promiscuous mode (F9). Replaces an existing entry.
+pub async fn add_uc_filter(
+    handle: &Handle,
+    ifindex: u32,
+    mac: [u8; 6],
+) -> Result<(), NetlinkError> {
+    handle
+        .neighbours()
+        .add_bridge(ifindex, &mac)
+        .flags(NeighbourFlags::Own)
+        .replace()
+        .execute()
+        .await
+        .map_err(req(format!(
+            "add {} to the unicast filter of index {ifindex}",
+            fmt_mac(&mac)
+        )))
+}
+
+/// Removes `mac` from the unicast filter of `ifindex`; succeeds if absent.
+pub async fn del_uc_filter(
+    handle: &Handle,
+    ifindex: u32,
+    mac: [u8; 6],
+) -> Result<(), NetlinkError> {
+    let mut add = handle
+        .neighbours()
+        .add_bridge(ifindex, &mac)
+        .flags(NeighbourFlags::Own);
+    let msg = add.message_mut().clone();
+    match handle.neighbours().del(msg).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e = req(format!(
+                "remove {} from the unicast filter of index {ifindex}",
+                fmt_mac(&mac)
+            ))(e);
+            if is_not_found(&e) { Ok(()) } else { Err(e) }
+        }
+    }
+}
+
+/// Whether the unicast filter (fdb `self` entries) of `ifindex` holds `mac`.
+pub async fn has_uc_filter(
+    handle: &Handle,
+    ifindex: u32,
+    mac: [u8; 6],
+) -> Result<bool, NetlinkError> {
+    use rtnetlink::packet_route::{AddressFamily, neighbour::NeighbourAttribute};
+    let mut get = handle.neighbours().get();
+    get.message_mut().header.family = AddressFamily::Bridge;
+    let mut entries = get.execute();
+    while let Some(n) = entries.try_next().await.map_err(req("list fdb entries"))? {
+        if n.header.ifindex != ifindex {
+            continue;
+        }
+        if n.attributes
+            .iter()
+            .any(|a| matches!(a, NeighbourAttribute::LinkLayerAddress(l) if l.as_slice() == mac))
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// A route to write in the pod.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodRoute {
+    /// Destination network.
+    pub dst: Ipv4Addr,
+    /// Destination prefix length.
+    pub prefix: u8,
+    /// Next hop; `None` for on-link routes.
+    pub gw: Option<Ipv4Addr>,
+    /// Preferred source address.
+    pub src: Option<Ipv4Addr>,
+}
+
+/// The pod side of an attachment.
+#[derive(Clone, Debug)]
+pub struct PodConfig {
+    /// Interface name in the pod.
+    pub ifname: String,
+    /// Address.
+    pub address: Ipv4Addr,
+    /// Prefix length.
+    pub prefix: u8,
+    /// Routes, in order (on-link routes before the routes that use them).
+    pub routes: Vec<PodRoute>,
+}
+
+fn pod_route(r: &PodRoute, ifindex: u32) -> RouteMessage {
+    let mut b = RouteMessageBuilder::<Ipv4Addr>::new()
+        .destination_prefix(r.dst, r.prefix)
+        .output_interface(ifindex);
+    b = match r.gw {
+        Some(gw) => b.gateway(gw),
+        None => b.scope(RouteScope::Link),
+    };
+    if let Some(src) = r.src {
+        b = b.pref_source(src);
+    }
+    b.build()
+}
+
+/// Writes the address and routes in the pod's namespace and brings the
+/// interface (and `lo`) up. Idempotent: existing entries are replaced.
+pub async fn configure_pod(netns: &Path, cfg: PodConfig) -> Result<(), NetlinkError> {
+    in_netns(netns, move |h| async move {
+        if let Some(lo) = find_link(&h, "lo").await? {
+            h.link()
+                .set(LinkUnspec::new_with_index(lo.index).up().build())
+                .execute()
+                .await
+                .map_err(req("set lo up"))?;
+        }
+        let l = link(&h, &cfg.ifname).await?;
+        h.address()
+            .add(l.index, cfg.address.into(), cfg.prefix)
+            .replace()
+            .execute()
+            .await
+            .map_err(req(format!(
+                "add {}/{} to {}",
+                cfg.address, cfg.prefix, cfg.ifname
+            )))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(l.index).up().build())
+            .execute()
+            .await
+            .map_err(req(format!("set {} up", cfg.ifname)))?;
+        for r in &cfg.routes {
+            h.route()
+                .add(pod_route(r, l.index))
+                .replace()
+                .execute()
+                .await
+                .map_err(req(format!(
+                    "add route {}/{} via {:?} dev {}",
+                    r.dst, r.prefix, r.gw, cfg.ifname
+                )))?;
+        }
+        Ok(())
+    })
+    .await
+}
+
+/// What the pod's interface looks like now (for CHECK).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodState {
+    /// The interface's MAC, if the interface exists.
+    pub mac: Option<[u8; 6]>,
+    /// IPv4 addresses with prefix.
+    pub addresses: Vec<(Ipv4Addr, u8)>,
+    /// IPv4 routes through the interface (main table).
+    pub routes: Vec<PodRoute>,
+}
+
+/// Reads the pod interface's MAC, addresses and routes.
+pub async fn read_pod(netns: &Path, ifname: &str) -> Result<PodState, NetlinkError> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move |h| async move {
+        let Some(l) = find_link(&h, &ifname).await? else {
+            return Ok(PodState::default());
+        };
+        let mut st = PodState {
+            mac: Some(l.mac),
+            ..PodState::default()
+        };
+        let mut addrs = h.address().get().set_link_index_filter(l.index).execute();
+        while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                    st.addresses.push((*ip, a.header.prefix_len));
+                }
+            }
+        }
+        let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
+        let mut routes = h.route().get(filter).execute();
+        while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
+            if r.header.table != 254 {
+                continue;
+            }
+            let mut pr = PodRoute {
+                dst: Ipv4Addr::UNSPECIFIED,
+                prefix: r.header.destination_prefix_length,
+                gw: None,
+                src: None,
+            };
+            let mut oif = None;
+            for attr in &r.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(d)) => pr.dst = *d,
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => pr.gw = Some(*g),
+                    RouteAttribute::PrefSource(RouteAddress::Inet(s)) => pr.src = Some(*s),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if oif == Some(l.index) {
+                st.routes.push(pr);
+            }
+        }
+        Ok(st)
+    })
+    .await
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn fmt_mac(mac: &[u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trip() {
+        let mac = [0x02, 0xab, 0, 1, 0xfe, 0xff];
+        assert_eq!(fmt_mac(&mac), "02:ab:00:01:fe:ff");
+        assert_eq!(parse_mac("02:ab:00:01:fe:ff"), Some(mac));
+        assert_eq!(parse_mac("02:ab:00:01:fe"), None);
+        assert_eq!(parse_mac("02:ab:00:01:fe:ff:00"), None);
+        assert_eq!(parse_mac("zz:ab:00:01:fe:ff"), None);
+    }
+}

@@ -1,0 +1,33 @@
+//! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build (dev profile),
+//! the format check, then every test of the workspace with the built
+//! binaries; extra arguments go to `cargo test`.
+
+use anyhow::{Context, Result};
+
+use crate::util::{self, exec};
+use crate::{build, setup};
+
+/// `cargo xtask test [-- <cargo test args>]`.
+pub fn run(args: &[String]) -> Result<()> {
+    setup::run_all()?;
+    let built = build::run(false)?;
+    let root = util::root();
+    exec(
+        util::cargo()
+            .current_dir(&root)
+            .args(["fmt", "--all", "--check"]),
+    )
+    .context("formatting differs: run `cargo fmt --all`")?;
+    exec(
+        util::cargo()
+            .current_dir(&root)
+            // Every test binary runs even after a failure, so one run shows all.
+            .args(["test", "--workspace", "--no-fail-fast"])
+            .args(args)
+            // The same value as the build, so the agent is not rebuilt.
+            .env("LANLINK_EBPF_OBJ", &built.ebpf_obj)
+            .env("LANLINK_BIN_DIR", &built.bin_dir),
+    )
+    .context("tests failed")?;
+    Ok(())
+}
