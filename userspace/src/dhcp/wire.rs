@@ -363,6 +363,7 @@ pub(crate) fn parse_reply(payload: &[u8]) -> Result<Reply, DhcpError> {
     if header.opcode() != Opcode::BootReply {
         return Err(DhcpError::malformed("not a bootreply"));
     }
+    // Checked before `chaddr()`, which slices by hlen and panics past 16.
     if u8::from(header.htype()) != 1 || header.hlen() != 6 {
         return Err(DhcpError::malformed("hardware address is not ethernet"));
     }
@@ -1162,6 +1163,12 @@ pub(crate) mod tests {
         no_magic[236] = 0;
         assert!(matches!(
             parse_reply(&no_magic),
+            Err(DhcpError::Malformed { .. })
+        ));
+        let mut bad_hlen = encode_msg(&full_ack(7));
+        bad_hlen[2] = 255;
+        assert!(matches!(
+            parse_reply(&bad_hlen),
             Err(DhcpError::Malformed { .. })
         ));
         let mut no_type = full_ack(7);
