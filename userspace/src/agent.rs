@@ -410,13 +410,18 @@ impl Agent {
 
     /// Rewrites the flood list from the state (every endpoint's host veth).
     fn sync_flood(&self) -> Result<(), AgentError> {
-        let members: Vec<u32> = self
-            .state()
-            .endpoints
-            .values()
-            .map(|e| e.host_ifindex)
-            .collect();
-        self.with_dataplane(|dp| dp.set_flood(&members))?;
+        // Read the members with the dataplane locked, so two concurrent
+        // syncs cannot write their lists in the opposite order of their
+        // reads (lock order everywhere: dataplane, then state).
+        self.with_dataplane(|dp| {
+            let members: Vec<u32> = self
+                .state()
+                .endpoints
+                .values()
+                .map(|e| e.host_ifindex)
+                .collect();
+            dp.set_flood(&members)
+        })?;
         Ok(())
     }
 

@@ -149,6 +149,29 @@ fn demo(bin_dir: &Path) -> Result<()> {
         Err(e) => println!("cannot run bpftool: {e}"),
     }
 
+    // The agent's own view, as an operator sees it.
+    for sub in ["leases", "stats"] {
+        heading(&format!("lanlinkd {sub}"));
+        let out = Command::new(bin_dir.join("lanlinkd"))
+            .arg(sub)
+            .arg("--socket")
+            .arg(agent.socket())
+            .output();
+        match out {
+            Ok(out) => {
+                print!("{}", String::from_utf8_lossy(&out.stdout));
+                eprint!("{}", String::from_utf8_lossy(&out.stderr));
+                if !out.status.success() {
+                    failures += 1;
+                }
+            }
+            Err(e) => {
+                println!("cannot run lanlinkd {sub}: {e}");
+                failures += 1;
+            }
+        }
+    }
+
     heading("CNI DEL of the pods");
     for pod in &pods {
         let call = CniCall::new(
