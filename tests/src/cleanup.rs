@@ -287,3 +287,58 @@ impl Drop for LabDir {
         }
     }
 }
+
+/// What lab runs left behind: namespaces, pin dirs and temp dirs named like
+/// the lab's (`ll-<pid>-…`) whose owner is no longer running, and processes
+/// still running inside such namespaces. Empty when every run cleaned up.
+/// `cargo xtask test` calls it after the tests, when every test process has
+/// exited, so anything it finds leaked on some exit path.
+pub fn leaks() -> Vec<String> {
+    let dead = |name: &str| {
+        names::owner_pid(name)
+            .and_then(|pid| i32::try_from(pid).ok())
+            .is_some_and(|p| !cmd::pid_alive(p))
+    };
+    let mut found: Vec<String> = netns_list()
+        .into_iter()
+        .filter(|n| dead(n))
+        .map(|n| format!("network namespace {n}"))
+        .collect();
+    for root in [Path::new(crate::PIN_ROOT), Path::new(TMP_ROOT)] {
+        let Ok(entries) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for entry in entries.filter_map(|e| e.ok()) {
+            if let Ok(name) = entry.file_name().into_string()
+                && dead(&name)
+            {
+                found.push(entry.path().display().to_string());
+            }
+        }
+    }
+    // Processes (agent, dnsmasq, servers) started by a run that is gone:
+    // their command line names the run's temp or pin dir.
+    if let Ok(procs) = std::fs::read_dir("/proc") {
+        for p in procs.filter_map(|e| e.ok()) {
+            let Some(pid) = p.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(p.path().join("cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|b| *b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
+            let owner_dead = args.iter().any(|a| {
+                a.split('/').any(|part| {
+                    part.starts_with("ll-") && dead(part.split('.').next().unwrap_or(part))
+                })
+            });
+            if owner_dead {
+                found.push(format!("process {pid} ({})", args.join(" ")));
+            }
+        }
+    }
+    found
+}

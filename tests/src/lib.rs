@@ -55,7 +55,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use agent::{Agent, AgentOptions};
-pub use cleanup::{install_signal_handler, sweep_leftovers};
+pub use cleanup::{install_signal_handler, leaks, sweep_leftovers};
 pub use cni::{CniCall, CniOutput, cni, lab_netconf};
 pub use lan::{DnsmasqLease, Lan, LanHost, LanOptions};
 pub use netns::NetNs;

@@ -18,7 +18,9 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["fmt", "--all", "--check"]),
     )
     .context("formatting differs: run `cargo fmt --all`")?;
-    exec(
+    // Leftovers of an earlier run that crashed are not this run's leaks.
+    lanlink_lab::sweep_leftovers();
+    let tests = exec(
         util::cargo()
             .current_dir(&root)
             // Every test binary runs even after a failure, so one run shows all.
@@ -28,6 +30,13 @@ pub fn run(args: &[String]) -> Result<()> {
             .env("LANLINK_EBPF_OBJ", &built.ebpf_obj)
             .env("LANLINK_BIN_DIR", &built.bin_dir),
     )
-    .context("tests failed")?;
-    Ok(())
+    .context("tests failed");
+    // Every test process has exited: whatever of theirs remains leaked.
+    let leaks = lanlink_lab::leaks();
+    if !leaks.is_empty() {
+        lanlink_lab::sweep_leftovers();
+        anyhow::bail!("the tests left behind (namespaces and dirs now swept): {}", leaks.join(", "));
+    }
+    println!("leak check: no namespace, pin dir or temp dir of the tests remains");
+    tests
 }
