@@ -35,7 +35,10 @@ pub fn run(args: &[String]) -> Result<()> {
     let leaks = lanlink_lab::leaks();
     if !leaks.is_empty() {
         lanlink_lab::sweep_leftovers();
-        anyhow::bail!("the tests left behind (namespaces and dirs now swept): {}", leaks.join(", "));
+        anyhow::bail!(
+            "the tests left behind (namespaces and dirs now swept): {}",
+            leaks.join(", ")
+        );
     }
     println!("leak check: no namespace, pin dir or temp dir of the tests remains");
     tests
