@@ -7,7 +7,9 @@
 //!   add and check answer an [`AttachmentResult`], del answers `{}`.
 //! - `POST /v1/cni/gc` with a [`GcRequest`], answers a [`GcResponse`].
 //! - `GET /v1/status` → [`StatusResponse`]; `GET /v1/endpoints` → `Vec<EndpointInfo>`;
-//!   `GET /v1/leases` → `Vec<LeaseInfo>`; `GET /metrics` → Prometheus text.
+//!   `GET /v1/leases` → `Vec<LeaseInfo>`; `GET /v1/stats` and `GET /v1/flows` →
+//!   the verdict counters and the conntrack-bypass flows (the agent's CLI
+//!   types); `GET /metrics` → Prometheus metrics (OpenMetrics text).
 //!
 //! Every error answers a non-2xx status with an [`ApiError`] body that carries
 //! the CNI error code the plugin reports.

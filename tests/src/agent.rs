@@ -190,6 +190,13 @@ impl Agent {
         self.spawn()
     }
 
+    /// Replaces the arguments after the lab's own, for the next
+    /// [`Agent::restart`] (e.g. to turn a dataplane option on or off while
+    /// the pods stay).
+    pub fn set_extra_args(&mut self, args: Vec<String>) {
+        self.opts.extra_args = args;
+    }
+
     /// Whether the agent process is running.
     pub fn is_running(&mut self) -> bool {
         self.proc.as_mut().is_some_and(BgProcess::is_running)

@@ -167,6 +167,65 @@ pub fn cni(bin_dir: &Path, call: &CniCall) -> Result<CniOutput> {
     })
 }
 
+/// Runs any CNI plugin binary (`plugin`, e.g. `/usr/lib/cni/bridge`) with
+/// `call`, exactly as [`cni`] runs lanlink's: the same cleared environment,
+/// `CNI_*` variables, netconf on stdin and timeout. `CNI_PATH` defaults to
+/// the plugin's own directory. For side-by-side comparisons (benchmarks)
+/// that must invoke every plugin the same way.
+pub fn cni_exec(plugin: &Path, call: &CniCall) -> Result<CniOutput> {
+    if !plugin.is_file() {
+        bail!("CNI plugin {} not found", plugin.display());
+    }
+    let plugin_dir = plugin.parent().unwrap_or(Path::new("/"));
+    let mut c = match &call.runtime_netns {
+        Some(ns) => {
+            let mut c = Command::new("nsenter");
+            c.arg(format!("--net={}", ns.display()))
+                .arg("--")
+                .arg(plugin);
+            c
+        }
+        None => Command::new(plugin),
+    };
+    c.env_clear()
+        .env(
+            "PATH",
+            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+        )
+        .env("CNI_COMMAND", &call.command)
+        .env("CNI_CONTAINERID", &call.container_id)
+        .env("CNI_IFNAME", &call.ifname)
+        .env("CNI_ARGS", &call.args)
+        .env(
+            "CNI_PATH",
+            call.path
+                .clone()
+                .unwrap_or_else(|| plugin_dir.display().to_string()),
+        );
+    if let Some(netns) = &call.netns {
+        c.env("CNI_NETNS", netns);
+    }
+    for key in ["RUST_LOG", "RUST_BACKTRACE"] {
+        if let Some(v) = std::env::var_os(key) {
+            c.env(key, v);
+        }
+    }
+    let stdin = serde_json::to_vec(&call.netconf).context("cannot serialise the netconf")?;
+    let out = cmd::run_with_stdin(&mut c, Some(&stdin), call.timeout).with_context(|| {
+        format!(
+            "CNI {} of {} with {}",
+            call.command,
+            call.container_id,
+            plugin.display()
+        )
+    })?;
+    Ok(CniOutput {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
 /// A netconf for the lab: network `lanlink-lab`, type `lanlink`, CNI 1.1.0,
 /// uplink `eth0`, primary mode, the agent's socket.
 pub fn lab_netconf(agent: &Agent) -> Value {

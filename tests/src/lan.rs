@@ -26,6 +26,11 @@ pub struct LanOptions {
     pub ping_check: bool,
     /// More dnsmasq arguments, e.g. `--dhcp-host=02:00:00:00:00:01,198.18.0.150`.
     pub extra_args: Vec<String>,
+    /// Prefix length of the LAN (default [`LAN_PREFIX_LEN`], a /24): the
+    /// router's address on `br0`, the netmask dnsmasq hands out, and the
+    /// addresses of nodes and hosts. At least 15, so the LAN stays inside
+    /// 198.18.0.0/15; e.g. 22 for a pool of more than 250 pods.
+    pub prefix_len: u8,
 }
 
 impl Default for LanOptions {
@@ -38,7 +43,16 @@ impl Default for LanOptions {
             ),
             ping_check: false,
             extra_args: Vec::new(),
+            prefix_len: LAN_PREFIX_LEN,
         }
+    }
+}
+
+impl LanOptions {
+    /// The LAN's netmask, dotted (`255.255.255.0` for a /24).
+    pub fn netmask(&self) -> Ipv4Addr {
+        let host_bits = 32u32.saturating_sub(u32::from(self.prefix_len));
+        Ipv4Addr::from(u32::MAX.checked_shl(host_bits).unwrap_or(0))
     }
 }
 
@@ -99,6 +113,12 @@ impl Lan {
     pub fn new(opts: LanOptions) -> Result<Self> {
         check_lab_addr(opts.pool.0)?;
         check_lab_addr(opts.pool.1)?;
+        if !(15..=30).contains(&opts.prefix_len) {
+            bail!(
+                "LAN prefix length {} must be 15..=30 (inside 198.18.0.0/15)",
+                opts.prefix_len
+            );
+        }
         let ns = NetNs::new("lan")?;
         let dir = LabDir::new("lan")?;
         ns.ip(&[
@@ -115,7 +135,7 @@ impl Lan {
         ns.ip(&[
             "addr",
             "add",
-            &format!("{ROUTER}/{LAN_PREFIX_LEN}"),
+            &format!("{ROUTER}/{}", opts.prefix_len),
             "dev",
             "br0",
         ])?;
@@ -131,8 +151,11 @@ impl Lan {
             "--interface=br0".into(),
             "--bind-interfaces".into(),
             format!(
-                "--dhcp-range={},{},255.255.255.0,{}",
-                opts.pool.0, opts.pool.1, opts.lease_secs
+                "--dhcp-range={},{},{},{}",
+                opts.pool.0,
+                opts.pool.1,
+                opts.netmask(),
+                opts.lease_secs
             ),
             format!("--dhcp-option=option:router,{ROUTER}"),
             format!("--dhcp-leasefile={}", lease_file.display()),
@@ -271,7 +294,7 @@ impl Lan {
         ns.ip(&[
             "addr",
             "add",
-            &format!("{ip}/{LAN_PREFIX_LEN}"),
+            &format!("{ip}/{}", self.opts.prefix_len),
             "dev",
             "eth0",
         ])?;
@@ -349,6 +372,14 @@ garbage
     #[test]
     fn empty_lease_file_has_no_leases() {
         assert!(parse_leases("").is_empty());
+    }
+
+    #[test]
+    fn netmask_follows_the_prefix_length() {
+        let mut o = LanOptions::default();
+        assert_eq!(o.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        o.prefix_len = 22;
+        assert_eq!(o.netmask(), Ipv4Addr::new(255, 255, 252, 0));
     }
 
     #[test]

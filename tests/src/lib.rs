@@ -42,21 +42,30 @@ macro_rules! lab_log {
 }
 
 pub mod agent;
+pub mod capture;
 pub mod cleanup;
 pub mod cmd;
 pub mod cni;
+pub mod hostnet;
+pub mod kea;
 pub mod lan;
 pub mod names;
+pub mod netfilter;
 pub mod netns;
 pub mod node;
+pub mod nssock;
 pub mod ping;
+pub mod podman;
+pub mod pods;
+pub mod traffic;
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 pub use agent::{Agent, AgentOptions};
 pub use cleanup::{install_signal_handler, leaks, sweep_leftovers};
-pub use cni::{CniCall, CniOutput, cni, lab_netconf};
+pub use cni::{CniCall, CniOutput, cni, cni_exec, lab_netconf};
+pub use kea::{Kea, KeaLease, KeaOptions};
 pub use lan::{DnsmasqLease, Lan, LanHost, LanOptions};
 pub use netns::NetNs;
 pub use node::Node;

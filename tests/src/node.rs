@@ -8,7 +8,7 @@ use anyhow::Result;
 
 use crate::lan::Lan;
 use crate::netns::NetNs;
-use crate::{LAN_PREFIX_LEN, ROUTER, check_lab_addr};
+use crate::{ROUTER, check_lab_addr};
 
 /// A node namespace: `lo` up, `eth0` plugged into the LAN with `ip`/24 and a
 /// default route via 198.18.0.1, IPv4 forwarding on (as on a real node).
@@ -24,8 +24,8 @@ pub struct Node {
 }
 
 impl Node {
-    /// Creates the node on `lan` with address `ip` (in 198.18.0.0/24, outside
-    /// the DHCP pool).
+    /// Creates the node on `lan` with address `ip` (on the LAN's prefix,
+    /// outside the DHCP pool).
     pub fn new(lan: &Lan, role: &str, ip: Ipv4Addr) -> Result<Self> {
         check_lab_addr(ip)?;
         let ns = NetNs::new(role)?;
@@ -33,7 +33,7 @@ impl Node {
         ns.ip(&[
             "addr",
             "add",
-            &format!("{ip}/{LAN_PREFIX_LEN}"),
+            &format!("{ip}/{}", lan.options().prefix_len),
             "dev",
             "eth0",
         ])?;

@@ -111,6 +111,15 @@ pub struct AgentConfig {
     pub dataplane_flags: u32,
     /// Use promiscuous mode on the uplink instead of its unicast filter.
     pub promiscuous: bool,
+    /// More prefixes pods reach through the node (`--host-route`): the ARP
+    /// responder answers for them, besides the uplink's own addresses and
+    /// every netconf's `hostRoutes`.
+    pub host_routes: Vec<String>,
+    /// The `iptables` binary for the agent's FORWARD and NAT rules
+    /// (`crate::firewall`); `None` leaves netfilter alone.
+    pub iptables: Option<String>,
+    /// Idle time after which a conntrack-bypass flow is forgotten.
+    pub flow_timeout: Duration,
 }
 
 /// The running agent.
@@ -125,6 +134,17 @@ pub struct Agent {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     renewals: Mutex<HashMap<String, tokio::task::JoinHandle<()>>>,
     shutdown: CancellationToken,
+    flow_gc: Arc<crate::flows::GcStats>,
+    host_routes: Mutex<HostRoutes>,
+    firewall: Mutex<Option<crate::firewall::Firewall>>,
+}
+
+/// What feeds the host-routes map besides the state: the `hostRoutes` of
+/// ADDs in flight (not committed yet), so that concurrent ADDs and DELs,
+/// each rewriting the whole map, never drop one another's prefixes.
+#[derive(Debug, Default)]
+struct HostRoutes {
+    in_flight: Vec<String>,
 }
 
 fn now_unix() -> u64 {
@@ -211,6 +231,14 @@ pub fn pod_routes(cfg: &AttachmentConfig, lease: &Lease) -> Result<Vec<PodRoute>
             routes.push(PodRoute {
                 dst: Ipv4Addr::new(224, 0, 0, 0),
                 prefix: 4,
+                gw: None,
+                src,
+            });
+            // Limited broadcast (Wake-on-LAN, discovery) would otherwise
+            // follow the primary interface's default route, away from the LAN.
+            routes.push(PodRoute {
+                dst: Ipv4Addr::BROADCAST,
+                prefix: 32,
                 gw: None,
                 src,
             });
@@ -319,6 +347,33 @@ fn parse_send_options(cfg: &api::DhcpConfig) -> Result<Vec<(u8, Vec<u8>)>, Agent
         .collect()
 }
 
+/// The IPv4 addresses (with prefix lengths) of interface `index`.
+async fn uplink_addresses(
+    nl: &rtnetlink::Handle,
+    index: u32,
+) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+    use futures::TryStreamExt as _;
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut out = Vec::new();
+    let mut addrs = nl.address().get().set_link_index_filter(index).execute();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(|source| NetlinkError::Request {
+            what: format!("list the addresses of index {index}"),
+            source,
+        })?
+    {
+        for attr in &a.attributes {
+            if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
+                out.push((*ip, a.header.prefix_len));
+            }
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
 /// Work already done by an ADD, undone in reverse if a later step fails.
 #[derive(Default)]
 struct Undo {
@@ -358,6 +413,19 @@ impl Agent {
                 .await
                 .context("set the uplink promiscuous")?;
         }
+        for cidr in &cfg.host_routes {
+            parse_cidr("--host-route", cidr)?;
+        }
+        let mut firewall = None;
+        if let Some(iptables) = &cfg.iptables {
+            // Before re-adoption: pods of a previous run forward through
+            // these rules as soon as their programs are swapped.
+            let addresses = uplink_addresses(&nl, uplink.index).await?;
+            let fw = crate::firewall::Firewall::new(iptables, &cfg.uplink, &addresses);
+            fw.install()
+                .context("install the agent's netfilter rules")?;
+            firewall = Some(fw);
+        }
         let agent = Arc::new(Self {
             cfg,
             uplink,
@@ -369,9 +437,105 @@ impl Agent {
             locks: Mutex::new(HashMap::new()),
             renewals: Mutex::new(HashMap::new()),
             shutdown,
+            flow_gc: Arc::default(),
+            host_routes: Mutex::default(),
+            firewall: Mutex::new(firewall),
         });
         agent.readopt().await;
+        agent
+            .sync_host_routes()
+            .await
+            .context("write the host-routes map")?;
+        tokio::spawn(crate::flows::run_gc(
+            agent.cfg.pin_dir.clone(),
+            agent.cfg.flow_timeout,
+            Arc::clone(&agent.flow_gc),
+            agent.shutdown.clone(),
+        ));
         Ok(agent)
+    }
+
+    /// Counters of the conntrack-bypass flow expiry.
+    pub fn flow_gc(&self) -> &crate::flows::GcStats {
+        &self.flow_gc
+    }
+
+    /// Adds (`true`) or removes the `hostRoutes` of an ADD in flight.
+    fn host_routes_in_flight(&self, cidrs: &[String], add: bool) {
+        let mut hr = self.host_routes.lock().unwrap_or_else(|p| p.into_inner());
+        for c in cidrs {
+            if add {
+                hr.in_flight.push(c.clone());
+            } else if let Some(i) = hr.in_flight.iter().position(|x| x == c) {
+                hr.in_flight.swap_remove(i);
+            }
+        }
+    }
+
+    /// Rewrites the host-routes map from the uplink's addresses (/32s),
+    /// `--host-route`, and the `hostRoutes` of every attachment and of the
+    /// ADDs in flight, host bits cleared. The ARP responder answers for
+    /// these prefixes with the host veth's MAC, so a pod reaches its own
+    /// node's addresses through the node's stack: on L2 they would hairpin
+    /// out of the uplink, which no switch port sends back.
+    ///
+    /// Also re-installs the netfilter rules if the uplink's subnets changed
+    /// since they were installed (the masquerade is per subnet).
+    async fn sync_host_routes(&self) -> Result<(), AgentError> {
+        // A connection of its own: the kernel runs one dump at a time per
+        // netlink socket, and concurrent ADDs would get EBUSY on the shared one.
+        let nl = netlink::connect()?;
+        let addresses = uplink_addresses(&nl, self.uplink.index).await?;
+        {
+            // Held across computing and writing, so the last writer always
+            // wrote a complete set.
+            let hr = self.host_routes.lock().unwrap_or_else(|p| p.into_inner());
+            let configured: Vec<String> = self
+                .state()
+                .endpoints
+                .values()
+                .flat_map(|e| e.config.host_routes.iter().cloned())
+                .chain(self.cfg.host_routes.iter().cloned())
+                .chain(hr.in_flight.iter().cloned())
+                .collect();
+            let mut prefixes: Vec<(Ipv4Addr, u8)> =
+                addresses.iter().map(|(ip, _)| (*ip, 32)).collect();
+            for cidr in &configured {
+                prefixes.push(parse_cidr("hostRoutes", cidr)?);
+            }
+            let mut prefixes: Vec<(Ipv4Addr, u8)> = prefixes
+                .into_iter()
+                .map(|(ip, len)| (crate::firewall::network(ip, len), len))
+                .collect();
+            prefixes.sort();
+            prefixes.dedup();
+            self.with_dataplane(|dp| dp.set_host_routes(&prefixes))?;
+        }
+        self.refresh_firewall(&addresses).await;
+        Ok(())
+    }
+
+    /// Re-installs the netfilter rules when the uplink's addresses changed
+    /// the rules (a node that got its address after the agent started).
+    /// Failures are logged: the rules of before stay.
+    async fn refresh_firewall(&self, addresses: &[(Ipv4Addr, u8)]) {
+        let Some(iptables) = &self.cfg.iptables else {
+            return;
+        };
+        let want = crate::firewall::Firewall::new(iptables, &self.cfg.uplink, addresses);
+        let installed = || self.firewall.lock().unwrap_or_else(|p| p.into_inner());
+        if installed().as_ref() == Some(&want) {
+            return;
+        }
+        let fw = want.clone();
+        match tokio::task::spawn_blocking(move || fw.install()).await {
+            Ok(Ok(())) => {
+                info!("uplink subnets changed; netfilter rules re-installed");
+                *installed() = Some(want);
+            }
+            Ok(Err(e)) => warn!(error = %e, "cannot re-install the netfilter rules"),
+            Err(e) => warn!(error = %e, "netfilter re-install task failed"),
+        }
     }
 
     /// The DHCP client (for its counters).
@@ -460,9 +624,13 @@ impl Agent {
 
     fn endpoint_entry(&self, ep: &Endpoint) -> EndpointByIf {
         let mut flags = 0;
-        match &ep.lease {
-            Some(_) => flags |= endpoint_flags::AGENT_DHCP,
-            None => flags |= endpoint_flags::OWN_DHCP,
+        // Still leasing counts as the agent's too: the dataplane learns an
+        // OWN_DHCP endpoint's address from ACKs, and must not take the ACK
+        // meant for the agent.
+        if ep.lease.is_some() || ep.config.dhcp.is_some() {
+            flags |= endpoint_flags::AGENT_DHCP;
+        } else {
+            flags |= endpoint_flags::OWN_DHCP;
         }
         if ep.config.mode == Mode::Secondary {
             flags |= endpoint_flags::SECONDARY;
@@ -528,14 +696,17 @@ impl Agent {
         }
 
         let mut undo = Undo::default();
-        match self.add_steps(&req, &netns, &key, &mut undo).await {
+        self.host_routes_in_flight(&req.config.host_routes, true);
+        let res = match self.add_steps(&req, &netns, &key, &mut undo).await {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(attachment = %key, error = %e, "ADD failed, undoing");
                 self.undo(undo).await;
                 Err(e)
             }
-        }
+        };
+        self.host_routes_in_flight(&req.config.host_routes, false);
+        res
     }
 
     async fn add_steps(
@@ -605,6 +776,11 @@ impl Agent {
         if !self.cfg.promiscuous {
             netlink::add_uc_filter(&self.nl, self.uplink.index, mac).await?;
         }
+
+        // The ARP responder must know the node's addresses and this
+        // netconf's hostRoutes before the pod has an address to use them
+        // (`add` counts them in flight until the state holds them).
+        self.sync_host_routes().await?;
 
         // 3. The lease, on the pod's behalf, from the node.
         let mut routes = Vec::new();
@@ -758,6 +934,9 @@ impl Agent {
         netlink::delete_link(&self.nl, &ep.host_veth).await?;
         self.commit(&key, None)?;
         self.sync_flood()?;
+        if let Err(e) = self.sync_host_routes().await {
+            warn!(attachment = %key, error = %e, "cannot rewrite the host-routes map");
+        }
         info!(attachment = %key, "removed");
         Ok(())
     }
@@ -784,8 +963,16 @@ impl Agent {
                 ep.host_veth, host.index, ep.host_ifindex
             ));
         }
-        let entry = self.endpoint_entry(&ep);
-        if self.with_dataplane(|dp| dp.endpoint(host.index)) != Some(entry) {
+        let mut entry = self.endpoint_entry(&ep);
+        let current = self.with_dataplane(|dp| dp.endpoint(host.index));
+        // A pod with its own DHCP client: the dataplane learns its address
+        // from the server's ACK, the agent does not know it.
+        if let Some(c) = current
+            && entry.flags & endpoint_flags::OWN_DHCP != 0
+        {
+            entry.ipv4 = c.ipv4;
+        }
+        if current != Some(entry) {
             return fail("endpoint map entry differs".into());
         }
         if self
@@ -929,107 +1116,174 @@ impl Agent {
         }
     }
 
-    /// Renews at T1 (unicast), rebinds at T2 (broadcast), expires at the end
-    /// of the lease: the endpoint is then marked expired in the maps (it may
-    /// only send DHCP) and its address removed from the pod.
+    /// Keeps one lease alive with [`dhcp::LeaseMachine`]: renews at T1
+    /// (unicast to its server), rebinds at T2 (broadcast to any server), and
+    /// expires the endpoint when the lease runs out or a server refuses it
+    /// (DHCPNAK). Each ACK is persisted before the next wait, so an agent
+    /// restarted between two renewals resumes this schedule from the state
+    /// file, with no new DISCOVER.
     async fn renew_loop(self: Arc<Self>, key: String) {
+        let Some(lease) = self
+            .state()
+            .endpoints
+            .get(&key)
+            .filter(|ep| !ep.expired)
+            .and_then(|ep| ep.lease.clone())
+        else {
+            return;
+        };
+        let mut machine = dhcp::LeaseMachine::new(lease, dhcp::RenewPolicy::default());
         loop {
-            let Some(ep) = self.state().endpoints.get(&key).cloned() else {
-                return;
-            };
-            let Some(lease) = ep.lease.clone() else {
-                return;
-            };
-            if ep.expired {
-                return;
-            }
-            let now = now_unix();
-            let t1 = lease.obtained_at_unix + u64::from(lease.t1_secs);
-            let t2 = lease.obtained_at_unix + u64::from(lease.t2_secs);
-            let end = lease.obtained_at_unix + u64::from(lease.lease_secs);
-            if now >= end {
-                self.expire(&key).await;
-                return;
-            }
-            if now < t1 {
-                tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_secs(t1 - now)) => {}
-                    _ = self.shutdown.cancelled() => return,
-                }
-                continue;
-            }
-            let rebinding = now >= t2;
-            // Retry in the remaining time with a bounded wait per attempt
-            // (RFC 2131 4.4.5: half the remaining time, at least 60 s in
-            // practice; shortened here for short leases).
-            let deadline = if rebinding { end } else { t2 };
-            let wait = ((deadline.saturating_sub(now)) / 2).clamp(1, 60);
-            match self
-                .dhcp
-                .renew(&lease, rebinding, Duration::from_secs(wait))
-                .await
-            {
-                Ok(new) => {
-                    let lock = self.lock_for(&key);
-                    let _g = lock.lock().await;
-                    let Some(mut ep) = self.state().endpoints.get(&key).cloned() else {
-                        return;
-                    };
-                    let changed = new.address != lease.address;
-                    ep.lease = Some(new.clone());
-                    if let Err(e) = self.commit(&key, Some(ep)) {
-                        warn!(attachment = %key, error = %e, "cannot persist renewed lease");
-                    }
-                    info!(attachment = %key, address = %new.address, rebinding, "renewed");
-                    if changed {
-                        warn!(attachment = %key, old = %lease.address, new = %new.address, "server changed the address on renewal");
-                    }
-                }
-                Err(e) => {
-                    warn!(attachment = %key, error = %e, rebinding, "renewal failed");
+            let action = machine.poll(now_unix());
+            match action {
+                dhcp::LeaseAction::Wait { until_unix } => {
+                    // Timers count from the whole second at or before the
+                    // acknowledged request, so waking at the exact instant is
+                    // never late; re-poll at least hourly (clock changes).
+                    let wait = UNIX_EPOCH
+                        .checked_add(Duration::from_secs(until_unix))
+                        .and_then(|at| at.duration_since(SystemTime::now()).ok())
+                        .unwrap_or(Duration::from_secs(3600))
+                        .min(Duration::from_secs(3600));
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = tokio::time::sleep(wait) => {}
                         _ = self.shutdown.cancelled() => return,
                     }
+                }
+                dhcp::LeaseAction::Renew { rebinding, timeout } => {
+                    let current = machine.lease().clone();
+                    let outcome = tokio::select! {
+                        r = self.dhcp.renew(&current, rebinding, timeout) => r,
+                        _ = self.shutdown.cancelled() => return,
+                    };
+                    match outcome {
+                        Ok(new) if new.address == current.address => {
+                            let lock = self.lock_for(&key);
+                            let _g = lock.lock().await;
+                            let Some(mut ep) = self.state().endpoints.get(&key).cloned() else {
+                                return;
+                            };
+                            if ep.expired || ep.mac != new.mac {
+                                return;
+                            }
+                            ep.lease = Some(new.clone());
+                            if let Err(e) = self.commit(&key, Some(ep)) {
+                                warn!(attachment = %key, error = %e, "cannot persist the renewed lease");
+                            }
+                            info!(
+                                attachment = %key, address = %new.address, server = %new.server_id,
+                                lease_secs = new.lease_secs, renew_in_secs = new.t1_secs, rebinding,
+                                "{}", if rebinding { "lease rebound" } else { "lease renewed" }
+                            );
+                            machine.on_ack(new);
+                        }
+                        Ok(new) => {
+                            // A rebinding server may grant another address;
+                            // the pod's configuration cannot follow silently,
+                            // so the old lease ends here and the new one goes
+                            // back to the server.
+                            warn!(attachment = %key, old = %current.address, new = %new.address, "server moved the lease to another address; expiring it");
+                            if let Err(e) = self.dhcp.release(&new).await {
+                                warn!(attachment = %key, error = %e, "cannot release the moved lease");
+                            }
+                            machine.on_nak();
+                        }
+                        Err(e) if e.is_nak() => {
+                            warn!(attachment = %key, error = %e, rebinding, "lease refused; expiring it now");
+                            machine.on_nak();
+                        }
+                        Err(e) => {
+                            warn!(attachment = %key, error = %e, rebinding, "no answer to the {}", if rebinding { "rebinding" } else { "renewal" });
+                            machine.on_no_reply(now_unix(), rebinding);
+                        }
+                    }
+                }
+                dhcp::LeaseAction::Expire => {
+                    self.expire(&key).await;
+                    return;
                 }
             }
         }
     }
 
+    /// Ends a lease: the endpoint is marked expired in the maps (the pod may
+    /// then only send DHCP and ARP probes) and in the state file, the node's
+    /// host route and the pod's address are removed, and the event is logged
+    /// and counted. The attachment itself stays until DEL or GC.
     async fn expire(&self, key: &str) {
         let lock = self.lock_for(key);
         let _g = lock.lock().await;
         let Some(mut ep) = self.state().endpoints.get(key).cloned() else {
             return;
         };
+        if ep.expired {
+            return;
+        }
         ep.expired = true;
-        warn!(attachment = %key, "lease expired");
+        self.dhcp.count_expired();
+        let address = ep.lease.as_ref().map(|l| l.address);
+        warn!(
+            attachment = %key, mac = %fmt_mac(&ep.mac), address = ?address,
+            "lease expired: address removed from the pod, endpoint marked expired"
+        );
+        // The maps first: the dataplane stops accepting the address at once.
         let entry = self.endpoint_entry(&ep);
         if let Err(e) = self.with_dataplane(|dp| dp.upsert_endpoint(ep.host_ifindex, entry)) {
             warn!(attachment = %key, error = %e, "cannot mark endpoint expired");
         }
-        if let Some(l) = &ep.lease {
-            let (ifname, addr, prefix) = (ep.ifname.clone(), l.address, l.prefix_len);
-            let res = netlink::in_netns(Path::new(&ep.netns), move |h| async move {
-                use futures::TryStreamExt as _;
-                let link = netlink::link(&h, &ifname).await?;
-                let mut addrs = h.address().get().set_link_index_filter(link.index).execute();
-                while let Some(a) = addrs.try_next().await.map_err(|source| NetlinkError::Request { what: "list addresses".into(), source })? {
-                    let ours = a.header.prefix_len == prefix
-                        && a.attributes.iter().any(|x| matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == addr));
-                    if ours {
-                        h.address().del(a).execute().await.map_err(|source| NetlinkError::Request { what: format!("remove {addr}/{prefix}"), source })?;
-                    }
-                }
-                Ok(())
-            })
-            .await;
-            if let Err(e) = res {
-                warn!(attachment = %key, error = %e, "cannot remove the expired address");
-            }
-        }
-        if let Err(e) = self.commit(key, Some(ep)) {
+        if let Err(e) = self.commit(key, Some(ep.clone())) {
             warn!(attachment = %key, error = %e, "cannot persist expiry");
+        }
+        let Some(l) = &ep.lease else {
+            return;
+        };
+        // The server may lease the address to another LAN host next: the
+        // node must stop routing it to this pod.
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(l.address, 32)
+            .output_interface(ep.host_ifindex)
+            .scope(rtnetlink::packet_route::route::RouteScope::Link)
+            .build();
+        if let Err(e) = self.nl.route().del(route).execute().await {
+            warn!(attachment = %key, error = %e, "cannot remove the host route of the expired address");
+        }
+        let (ifname, addr, prefix) = (ep.ifname.clone(), l.address, l.prefix_len);
+        let res = netlink::in_netns(Path::new(&ep.netns), move |h| async move {
+            use futures::TryStreamExt as _;
+            let link = netlink::link(&h, &ifname).await?;
+            let mut addrs = h
+                .address()
+                .get()
+                .set_link_index_filter(link.index)
+                .execute();
+            while let Some(a) = addrs
+                .try_next()
+                .await
+                .map_err(|source| NetlinkError::Request {
+                    what: "list addresses".into(),
+                    source,
+                })?
+            {
+                let ours = a.header.prefix_len == prefix
+                    && a.attributes.iter().any(|x| {
+                        matches!(x, rtnetlink::packet_route::address::AddressAttribute::Address(std::net::IpAddr::V4(ip)) if *ip == addr)
+                    });
+                if ours {
+                    h.address()
+                        .del(a)
+                        .execute()
+                        .await
+                        .map_err(|source| NetlinkError::Request {
+                            what: format!("remove {addr}/{prefix}"),
+                            source,
+                        })?;
+                }
+            }
+            Ok(())
+        })
+        .await;
+        if let Err(e) = res {
+            warn!(attachment = %key, error = %e, "cannot remove the expired address");
         }
     }
 }

@@ -74,11 +74,33 @@ async fn leases(State(a): AppState) -> Response {
     Json(a.leases()).into_response()
 }
 
+/// The DHCP client's counters: messages sent and received, and lease
+/// events (acquired, renewed, rebound, released, expired, nak, declined,
+/// failures).
+async fn dhcp_stats(State(a): AppState) -> Response {
+    Json(a.dhcp().stats()).into_response()
+}
+
 async fn stats(State(a): AppState) -> Result<Response, Failure> {
     let stats = a
         .with_dataplane(|dp| dp.stats())
         .map_err(AgentError::from)?;
     Ok(Json(crate::cli::stats_rows(&stats)).into_response())
+}
+
+async fn flows(State(a): AppState) -> Result<Response, Failure> {
+    let pin_dir = a.with_dataplane(|dp| dp.config().pin_dir.clone());
+    let flows = crate::cli::pinned_flows(&pin_dir).map_err(|e| {
+        tracing::warn!(error = %e, "cannot read the flow map");
+        Failure(ApiError {
+            code: codes::DATAPLANE,
+            msg: e.to_string(),
+            details: std::error::Error::source(&e)
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        })
+    })?;
+    Ok(Json(flows).into_response())
 }
 
 /// The API's routes.
@@ -91,7 +113,11 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/endpoints", get(endpoints))
         .route("/v1/leases", get(leases))
+        .route("/v1/dhcp", get(dhcp_stats))
         .route("/v1/stats", get(stats))
+        .route("/v1/flows", get(flows))
+        .route("/metrics", get(crate::metrics::handler))
+        .layer(axum::middleware::from_fn(crate::metrics::track))
         .with_state(agent)
 }
 

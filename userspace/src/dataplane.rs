@@ -23,7 +23,8 @@ use aya::{
     },
 };
 use lanlink_common::{
-    Counter, EndpointByIf, EndpointByMac, MAX_ENDPOINTS, MacKey, Verdict, globals, map_names,
+    Counter, EndpointByIf, EndpointByMac, FLOOD_EMPTY, FlowKey, FlowValue, MAX_ENDPOINTS, MacKey,
+    Verdict, endpoint_flags, globals, map_names,
 };
 
 use crate::paths;
@@ -154,6 +155,7 @@ pub struct Dataplane {
     ep_by_if: HashMap<MapData, u32, EndpointByIf>,
     flood: Array<MapData, u32>,
     host_routes: LpmTrie<MapData, [u8; 4], u32>,
+    flows: HashMap<MapData, FlowKey, FlowValue>,
     stats: PerCpuArray<MapData, Counter>,
     /// Whether the maps already existed (a previous agent's state was adopted).
     pub adopted: bool,
@@ -227,6 +229,8 @@ impl Dataplane {
             Array::try_from(take(map_names::FLOOD)?).map_err(map_err(map_names::FLOOD, "open"))?;
         let host_routes = LpmTrie::try_from(take(map_names::HOST_ROUTES)?)
             .map_err(map_err(map_names::HOST_ROUTES, "open"))?;
+        let flows = HashMap::try_from(take(map_names::FLOWS)?)
+            .map_err(map_err(map_names::FLOWS, "open"))?;
         let stats = PerCpuArray::try_from(take(map_names::STATS)?)
             .map_err(map_err(map_names::STATS, "open"))?;
 
@@ -237,6 +241,7 @@ impl Dataplane {
             ep_by_if,
             flood,
             host_routes,
+            flows,
             stats,
             adopted,
         };
@@ -328,11 +333,24 @@ impl Dataplane {
     }
 
     /// Writes both endpoint entries for a pod interface.
+    ///
+    /// For a pod that runs its own DHCP client the agent knows no address,
+    /// but the dataplane may have learnt one from the server's ACK: an entry
+    /// without an address keeps the learnt one, so a restart or an update
+    /// of the flags does not reopen the source check.
     pub fn upsert_endpoint(
         &mut self,
         host_ifindex: u32,
-        ep: EndpointByIf,
+        mut ep: EndpointByIf,
     ) -> Result<(), DataplaneError> {
+        if ep.flags & endpoint_flags::OWN_DHCP != 0
+            && ep.ipv4 == [0; 4]
+            && let Some(old) = self.endpoint(host_ifindex)
+            && old.mac == ep.mac
+            && old.flags & endpoint_flags::OWN_DHCP != 0
+        {
+            ep.ipv4 = old.ipv4;
+        }
         let by_mac = EndpointByMac {
             ifindex: host_ifindex,
             ipv4: ep.ipv4,
@@ -348,7 +366,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes both endpoint entries; absent entries are fine.
+    /// Removes both endpoint entries, the host veth from the fan-out list
+    /// (before the veth can go away: a clone to a deleted interface fails)
+    /// and the flows learnt through it; absent entries are fine.
     pub fn remove_endpoint(
         &mut self,
         host_ifindex: u32,
@@ -364,6 +384,25 @@ impl Dataplane {
             map_names::EP_BY_IF,
             format!("remove index {host_ifindex}"),
         ))?;
+        let members: Vec<u32> = self
+            .flood_members()
+            .into_iter()
+            .filter(|m| *m != host_ifindex)
+            .collect();
+        self.set_flood(&members)?;
+        // Flows are keyed by 5-tuple; a later pod may get the same address,
+        // and must not inherit the old pod's steering. An LRU map may evict
+        // entries while we walk it: a vanished key is fine.
+        let stale: Vec<FlowKey> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, v)| v.ifindex == host_ifindex)
+            .map(|(k, _)| k)
+            .collect();
+        for k in stale {
+            ignore_missing(self.flows.remove(&k)).map_err(map_err(map_names::FLOWS, "remove"))?;
+        }
         Ok(())
     }
 
@@ -377,34 +416,43 @@ impl Dataplane {
         self.ep_by_mac.get(&MacKey::new(mac), 0).ok()
     }
 
-    /// Rewrites the broadcast fan-out list: `members` packed from slot 0,
-    /// then a 0 terminator, then the old tail cleared. A frame flooded while
-    /// this runs may miss or double one pod; the list is never unterminated.
+    /// Makes the broadcast fan-out list hold exactly `members`, changing as
+    /// few slots as possible, in an order safe for the programs walking the
+    /// list meanwhile (see [`flood_plan`]): a pod that stays a member never
+    /// misses a frame, whatever else is added or removed. Re-writing the
+    /// same set (agent restart) writes nothing.
     pub fn set_flood(&mut self, members: &[u32]) -> Result<(), DataplaneError> {
-        if members.len() >= MAX_ENDPOINTS as usize {
+        let mut unique: Vec<u32> = Vec::with_capacity(members.len());
+        for m in members {
+            if *m != 0 && *m != FLOOD_EMPTY && !unique.contains(m) {
+                unique.push(*m);
+            }
+        }
+        if unique.len() >= MAX_ENDPOINTS as usize {
             return Err(DataplaneError::TooManyEndpoints {
                 max: MAX_ENDPOINTS as usize - 1,
             });
         }
-        let old_len = self.flood_members().len();
-        let n = members.len() as u32;
-        for (i, m) in members.iter().enumerate() {
+        for (slot, value) in flood_plan(&self.flood_slots(), &unique) {
             self.flood
-                .set(i as u32, m, 0)
-                .map_err(map_err(map_names::FLOOD, "set"))?;
-        }
-        for i in n..=(old_len as u32).max(n).min(MAX_ENDPOINTS - 1) {
-            self.flood
-                .set(i, 0, 0)
-                .map_err(map_err(map_names::FLOOD, "clear"))?;
+                .set(slot, value, 0)
+                .map_err(map_err(map_names::FLOOD, format!("set slot {slot}")))?;
         }
         Ok(())
     }
 
-    /// The current broadcast fan-out list.
-    pub fn flood_members(&self) -> Vec<u32> {
+    /// The raw `FLOOD` slots before the terminating 0 (free slots included).
+    fn flood_slots(&self) -> Vec<u32> {
         (0..MAX_ENDPOINTS)
             .map_while(|i| self.flood.get(&i, 0).ok().filter(|v| *v != 0))
+            .collect()
+    }
+
+    /// The current broadcast fan-out list.
+    pub fn flood_members(&self) -> Vec<u32> {
+        self.flood_slots()
+            .into_iter()
+            .filter(|v| *v != FLOOD_EMPTY)
             .collect()
     }
 
@@ -436,6 +484,57 @@ impl Dataplane {
     }
 }
 
+/// The slot writes `(slot, value)` that turn the `FLOOD` list `slots` (the
+/// values before its terminating 0) into one holding exactly `members`
+/// (distinct, valid ifindexes), in order.
+///
+/// The programs read the list front to back while the agent writes it, one
+/// slot at a time. So members that stay never move, a removed member's
+/// slot becomes [`FLOOD_EMPTY`] (skipped), an added member takes the first
+/// free slot or is appended after a terminator already in place, and a 0 is
+/// only written over trailing free slots. A concurrent reader therefore sees
+/// every member that is in both the old and the new list exactly once.
+/// (Rewriting a packed list instead shifts members, and a reader can pass a
+/// slot just before it is overwritten with the member it has not reached.)
+pub fn flood_plan(slots: &[u32], members: &[u32]) -> Vec<(u32, u32)> {
+    let mut cur = slots.to_vec();
+    let mut writes = Vec::new();
+    for i in 0..cur.len() {
+        let v = cur[i];
+        let keep = v != FLOOD_EMPTY && members.contains(&v) && !cur[..i].contains(&v);
+        if v != FLOOD_EMPTY && !keep {
+            writes.push((i as u32, FLOOD_EMPTY));
+            cur[i] = FLOOD_EMPTY;
+        }
+    }
+    for m in members {
+        if cur.contains(m) {
+            continue;
+        }
+        match cur.iter().position(|v| *v == FLOOD_EMPTY) {
+            Some(i) => {
+                writes.push((i as u32, *m));
+                cur[i] = *m;
+            }
+            None => {
+                let n = cur.len() as u32;
+                // The slot after must already end the list: make sure of it
+                // before extending the list into it.
+                if n + 1 < MAX_ENDPOINTS {
+                    writes.push((n + 1, 0));
+                }
+                writes.push((n, *m));
+                cur.push(*m);
+            }
+        }
+    }
+    while cur.last() == Some(&FLOOD_EMPTY) {
+        cur.pop();
+        writes.push((cur.len() as u32, 0));
+    }
+    writes
+}
+
 /// Sums a `STATS` map's per-CPU counters.
 pub fn read_stats(
     stats: &PerCpuArray<MapData, Counter>,
@@ -460,4 +559,87 @@ pub fn open_pinned_stats(pin_dir: &Path) -> Result<PerCpuArray<MapData, Counter>
         .map_err(map_err(map_names::STATS, "open pinned"))?;
     PerCpuArray::try_from(aya::maps::Map::PerCpuArray(data))
         .map_err(map_err(map_names::STATS, "open pinned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Applies `writes` one at a time to `array` and checks, after each
+    /// one, that a reader walking the list sees every member of `stay`
+    /// exactly once.
+    fn apply_checked(array: &mut [u32], writes: &[(u32, u32)], stay: &[u32]) {
+        let read = |a: &[u32]| -> Vec<u32> {
+            a.iter()
+                .take_while(|v| **v != 0)
+                .copied()
+                .filter(|v| *v != FLOOD_EMPTY)
+                .collect()
+        };
+        for (slot, value) in writes {
+            let before: Vec<usize> = stay
+                .iter()
+                .map(|m| array.iter().position(|v| v == m).unwrap())
+                .collect();
+            array[*slot as usize] = *value;
+            let after: Vec<usize> = stay
+                .iter()
+                .map(|m| array.iter().position(|v| v == m).unwrap())
+                .collect();
+            assert_eq!(before, after, "a staying member moved");
+            let seen = read(array);
+            for m in stay {
+                assert_eq!(
+                    seen.iter().filter(|v| *v == m).count(),
+                    1,
+                    "{m} in {seen:?}"
+                );
+            }
+        }
+    }
+
+    fn list(array: &[u32]) -> Vec<u32> {
+        array.iter().take_while(|v| **v != 0).copied().collect()
+    }
+
+    #[test]
+    fn flood_changes_never_hide_a_staying_member() {
+        let mut array = [0u32; 16];
+        // Add three, in the agent's (sorted, not insertion) order.
+        let plan = flood_plan(&list(&array), &[5, 7, 9]);
+        apply_checked(&mut array, &plan, &[]);
+        assert_eq!(list(&array), [5, 7, 9]);
+        // A new pod that sorts first: nobody moves.
+        let plan = flood_plan(&list(&array), &[3, 5, 7, 9]);
+        apply_checked(&mut array, &plan, &[5, 7, 9]);
+        assert_eq!(list(&array), [5, 7, 9, 3]);
+        // Remove one in the middle: a free slot, nobody moves.
+        let plan = flood_plan(&list(&array), &[3, 5, 9]);
+        apply_checked(&mut array, &plan, &[3, 5, 9]);
+        assert_eq!(list(&array), [5, FLOOD_EMPTY, 9, 3]);
+        // The free slot is reused.
+        let plan = flood_plan(&list(&array), &[3, 5, 9, 11]);
+        apply_checked(&mut array, &plan, &[3, 5, 9]);
+        assert_eq!(list(&array), [5, 11, 9, 3]);
+        // Removing the tail trims it; removing everything empties the list.
+        let plan = flood_plan(&list(&array), &[5, 11]);
+        apply_checked(&mut array, &plan, &[5, 11]);
+        assert_eq!(list(&array), [5, 11]);
+        let plan = flood_plan(&list(&array), &[]);
+        apply_checked(&mut array, &plan, &[]);
+        assert!(array.iter().all(|v| *v == 0), "{array:?}");
+    }
+
+    #[test]
+    fn same_flood_set_writes_nothing() {
+        assert!(flood_plan(&[5, FLOOD_EMPTY, 9], &[9, 5]).is_empty());
+    }
+
+    #[test]
+    fn flood_duplicates_are_freed() {
+        let mut array = [5, 5, 7, 0, 0, 0];
+        let plan = flood_plan(&list(&array), &[5, 7]);
+        apply_checked(&mut array, &plan, &[5, 7]);
+        assert_eq!(list(&array), [5, FLOOD_EMPTY, 7]);
+    }
 }

@@ -50,6 +50,47 @@ struct RunArgs {
     /// unicast filter (for NICs without one).
     #[arg(long)]
     promiscuous: bool,
+    /// Also serve `GET /metrics` (and only that) over TCP on this address in
+    /// the node's namespace, e.g. `0.0.0.0:9658`; the socket always serves it.
+    #[arg(long, env = "LANLINK_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// A prefix pods reach through the node's stack (repeatable), besides the
+    /// uplink's own addresses and every netconf's `hostRoutes`: the eBPF ARP
+    /// responder answers for it with the host veth's MAC.
+    #[arg(
+        long = "host-route",
+        value_name = "CIDR",
+        env = "LANLINK_HOST_ROUTES",
+        value_delimiter = ','
+    )]
+    host_routes: Vec<String>,
+    /// Seconds a conntrack-bypass flow may stay idle before it is forgotten
+    /// (the flow map is an LRU bounded in size either way).
+    #[arg(
+        long,
+        value_name = "SECS",
+        env = "LANLINK_FLOW_TIMEOUT",
+        default_value_t = 300
+    )]
+    flow_timeout: u64,
+    /// The iptables binary for the agent's FORWARD accepts and masquerade
+    /// (`iptables-legacy`, `iptables-nft` or a path; `<it>-restore` must exist too).
+    #[arg(long, env = "LANLINK_IPTABLES", default_value = "iptables")]
+    iptables: String,
+    /// Leave netfilter alone: host-routed pod traffic (ClusterIP, NodePort,
+    /// LoadBalancer) then needs FORWARD accepts and a masquerade you write.
+    #[arg(long)]
+    no_firewall: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct UninstallArgs {
+    /// The iptables binary the agent ran with.
+    #[arg(long, env = "LANLINK_IPTABLES", default_value = "iptables")]
+    iptables: String,
+    /// Only remove the netfilter rules; keep the pinned programs and maps.
+    #[arg(long)]
+    keep_pins: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -68,6 +109,12 @@ enum Command {
     Leases(Output),
     /// Verdict and drop counters (from the pinned map if the agent is down).
     Stats(Output),
+    /// Conntrack-bypass flows (from the pinned map if the agent is down).
+    Flows(Output),
+    /// Removes what the agent installed on the node: its netfilter chains and
+    /// their jumps, and its pinned programs and maps (detaching them from the
+    /// uplink and the veths). Stop the agent and delete its pods first.
+    Uninstall(UninstallArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +147,7 @@ fn main() -> anyhow::Result<()> {
         .context("start the runtime")?;
     match cli.command {
         None => rt.block_on(run(cli.run, cli.socket, cli.pin_dir)),
+        Some(Command::Uninstall(args)) => uninstall(&args, &cli.socket, &cli.pin_dir),
         Some(cmd) => rt.block_on(lanlink_agent::cli::run(
             cmd_name(&cmd),
             json_of(&cmd),
@@ -115,14 +163,19 @@ fn cmd_name(cmd: &Command) -> cli::Cmd {
         Command::Endpoints(_) => cli::Cmd::Endpoints,
         Command::Leases(_) => cli::Cmd::Leases,
         Command::Stats(_) => cli::Cmd::Stats,
+        Command::Flows(_) => cli::Cmd::Flows,
+        Command::Uninstall(_) => unreachable!("main runs uninstall itself"),
     }
 }
 
 fn json_of(cmd: &Command) -> bool {
     match cmd {
-        Command::Status(o) | Command::Endpoints(o) | Command::Leases(o) | Command::Stats(o) => {
-            o.json
-        }
+        Command::Status(o)
+        | Command::Endpoints(o)
+        | Command::Leases(o)
+        | Command::Stats(o)
+        | Command::Flows(o) => o.json,
+        Command::Uninstall(_) => false,
     }
 }
 
@@ -131,6 +184,10 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
         .uplink
         .context("--uplink is required to run the agent")?;
     let shutdown = CancellationToken::new();
+    let metrics_listener = match args.metrics_addr {
+        Some(addr) => Some(lanlink_agent::metrics::bind_tcp(addr).await?),
+        None => None,
+    };
     let mut flags = 0;
     if !args.no_flow_fix {
         flags |= lanlink_common::config::FLOW_FIX;
@@ -141,6 +198,9 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
         state_dir: args.state_dir,
         dataplane_flags: flags,
         promiscuous: args.promiscuous,
+        host_routes: args.host_routes,
+        iptables: (!args.no_firewall).then_some(args.iptables),
+        flow_timeout: std::time::Duration::from_secs(args.flow_timeout.max(1)),
     };
     let agent: Arc<Agent> = Agent::start(cfg, shutdown.clone()).await?;
     tracing::info!(status = ?agent.status(), "agent ready");
@@ -161,9 +221,49 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
         }
         signals.cancel();
     });
+    if let Some(listener) = metrics_listener {
+        let (agent, shutdown) = (Arc::clone(&agent), shutdown.clone());
+        tokio::spawn(async move {
+            if let Err(e) = lanlink_agent::metrics::serve_tcp(agent, listener, shutdown).await {
+                tracing::error!(error = format!("{e:#}"), "the metrics listener stopped");
+            }
+        });
+    }
     api::serve(agent, &socket, shutdown).await?;
     // Programs and maps stay pinned and attached: pods keep forwarding while
     // the agent is stopped; the next start re-adopts them.
     tracing::info!("stopped; the dataplane keeps forwarding");
+    Ok(())
+}
+
+fn uninstall(
+    args: &UninstallArgs,
+    socket: &std::path::Path,
+    pin_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    // A running agent would keep using what this removes, and would not put
+    // its rules back before its next start.
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        anyhow::bail!(
+            "an agent answers on {}; stop it before uninstalling",
+            socket.display()
+        );
+    }
+    let removed = lanlink_agent::firewall::uninstall(&args.iptables)
+        .context("remove the agent's netfilter rules")?;
+    for r in &removed {
+        println!("removed {r}");
+    }
+    if !args.keep_pins {
+        // Unpinning the links detaches the programs (the pins hold the only
+        // references); unpinning the maps frees them.
+        match std::fs::remove_dir_all(pin_dir) {
+            Ok(()) => println!("unpinned {}", pin_dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(e).with_context(|| format!("remove {}", pin_dir.display()));
+            }
+        }
+    }
     Ok(())
 }

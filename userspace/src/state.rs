@@ -155,3 +155,116 @@ impl Store {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    /// A state dir removed on drop.
+    struct Dir(PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn dir() -> Dir {
+        Dir(std::env::temp_dir().join(format!(
+            "lanlink-state-test-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        )))
+    }
+
+    fn endpoint(lease: Option<Lease>) -> Endpoint {
+        Endpoint {
+            container_id: "c1".into(),
+            ifname: "eth0".into(),
+            netns: "/run/netns/p".into(),
+            pod: PodIdentity::default(),
+            config: AttachmentConfig::default(),
+            host_veth: "ll0123456789ab".into(),
+            host_ifindex: 7,
+            host_mac: [2, 0, 0, 0, 0, 7],
+            mac: [2, 0, 0, 0, 0, 1],
+            lease,
+            expired: false,
+        }
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            mac: [2, 0, 0, 0, 0, 1],
+            client_id: vec![0xff, 1, 2],
+            hostname: Some("web-0".into()),
+            address: Ipv4Addr::new(198, 18, 0, 150),
+            prefix_len: 24,
+            server_id: Ipv4Addr::new(198, 18, 0, 1),
+            server_mac: [2, 0, 0, 0, 0, 2],
+            router: Some(Ipv4Addr::new(198, 18, 0, 1)),
+            classless_routes: vec![],
+            dns: vec![],
+            domain: None,
+            search: vec![],
+            mtu: None,
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+            obtained_at_unix: 1_000,
+        }
+    }
+
+    #[test]
+    fn leases_survive_a_save_and_load() {
+        let d = dir();
+        let store = Store::new(&d.0).unwrap();
+        assert_eq!(store.load().unwrap().version, 1, "no file yet: empty state");
+        let mut st = State {
+            version: 1,
+            ..State::default()
+        };
+        let ep = endpoint(Some(lease()));
+        st.endpoints.insert(ep.key(), ep.clone());
+        store.save(&st).unwrap();
+        let back = Store::new(&d.0).unwrap().load().unwrap();
+        assert_eq!(back, st);
+        assert_eq!(back.endpoints["c1/eth0"].lease, Some(lease()));
+        // Only the state file: the temporary file was renamed over it.
+        let names: Vec<_> = std::fs::read_dir(&d.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from(crate::paths::STATE_FILE)]
+        );
+    }
+
+    #[test]
+    fn records_without_lease_or_expiry_load_with_defaults() {
+        let d = dir();
+        let store = Store::new(&d.0).unwrap();
+        let mut json = serde_json::to_value(State {
+            version: 1,
+            endpoints: [("c1/eth0".to_string(), endpoint(None))].into(),
+        })
+        .unwrap();
+        let rec = json["endpoints"]["c1/eth0"].as_object_mut().unwrap();
+        rec.remove("lease");
+        rec.remove("expired");
+        rec.remove("pod");
+        std::fs::write(d.0.join(crate::paths::STATE_FILE), json.to_string()).unwrap();
+        let back = store.load().unwrap();
+        assert_eq!(back.endpoints["c1/eth0"], endpoint(None));
+    }
+
+    #[test]
+    fn a_corrupt_state_file_is_an_error_naming_it() {
+        let d = dir();
+        let store = Store::new(&d.0).unwrap();
+        std::fs::write(d.0.join(crate::paths::STATE_FILE), b"{ half").unwrap();
+        let err = store.load().unwrap_err();
+        assert!(err.to_string().contains(crate::paths::STATE_FILE), "{err}");
+    }
+}

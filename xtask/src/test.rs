@@ -1,11 +1,13 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build (dev profile),
 //! the format check, then every test of the workspace with the built
-//! binaries; extra arguments go to `cargo test`.
+//! binaries; extra arguments go to `cargo test`. Without extra arguments,
+//! `cargo xtask bench --quick` follows (every benchmark variant must still
+//! produce numbers).
 
 use anyhow::{Context, Result};
 
 use crate::util::{self, exec};
-use crate::{build, setup};
+use crate::{bench, build, setup};
 
 /// `cargo xtask test [-- <cargo test args>]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -41,5 +43,12 @@ pub fn run(args: &[String]) -> Result<()> {
         );
     }
     println!("leak check: no namespace, pin dir or temp dir of the tests remains");
-    tests
+    tests?;
+    // The whole suite (CI) also checks that the benchmark still runs; a
+    // filtered run (`-- <name>`) is someone iterating on one test.
+    if args.is_empty() {
+        bench::run_built(&built, false, true, &bench::default_out(true))
+            .context("`cargo xtask bench --quick` failed")?;
+    }
+    Ok(())
 }

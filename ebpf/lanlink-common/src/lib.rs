@@ -15,6 +15,12 @@ use core::mem::size_of;
 /// and bounds the broadcast fan-out loop in the from-pod and from-LAN programs.
 pub const MAX_ENDPOINTS: u32 = 512;
 
+/// A free slot inside the `FLOOD` list, skipped by the fan-out loop. The
+/// agent frees a removed member's slot instead of compacting the list, so a
+/// program walking the list while the agent writes it never misses a member
+/// that stays (members never move; 0 is only written after the last one).
+pub const FLOOD_EMPTY: u32 = u32::MAX;
+
 /// Entries of the LRU flow map of the conntrack-bypass fix.
 pub const MAX_FLOWS: u32 = 65_536;
 
@@ -28,13 +34,15 @@ pub mod map_names {
     pub const EP_BY_MAC: &str = "EP_BY_MAC";
     /// Endpoints by host-veth ifindex: `u32` → [`crate::EndpointByIf`].
     pub const EP_BY_IF: &str = "EP_BY_IF";
-    /// Broadcast fan-out members: `u32` slot → host-veth ifindex (0 ends the list).
+    /// Broadcast fan-out members: `u32` slot → host-veth ifindex (0 ends the
+    /// list, [`crate::FLOOD_EMPTY`] is a free slot inside it).
     pub const FLOOD: &str = "FLOOD";
     /// Prefixes that go to the node's stack: LPM `[u8; 4]` → `u32` flags.
     pub const HOST_ROUTES: &str = "HOST_ROUTES";
     /// Conntrack-bypass flows: [`crate::FlowKey`] → [`crate::FlowValue`].
     pub const FLOWS: &str = "FLOWS";
-    /// Per-CPU counters indexed by [`crate::Verdict`]: `u32` → [`crate::Counter`].
+    /// Per-CPU counters indexed by [`crate::Verdict`] ([`crate::STATS_SLOTS`]
+    /// slots): `u32` → [`crate::Counter`].
     pub const STATS: &str = "STATS";
 }
 
@@ -222,11 +230,20 @@ verdicts! {
     DropExpired = 13, "drop_expired", true;
     /// A flow could not be recorded in the flow map; the frame was delivered.
     FlowLearnFailed = 14, "flow_learn_failed", false;
+    /// A DHCPACK from the LAN taught the dataplane the address of a pod that
+    /// runs its own DHCP client (counted besides the frame's own verdict).
+    DhcpLearnt = 15, "dhcp_learnt", false;
 }
 
-/// Number of `STATS` slots.
-pub const VERDICT_COUNT: u32 = 15;
+/// Number of verdicts (the `STATS` slots in use).
+pub const VERDICT_COUNT: u32 = 16;
 const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
+
+/// Size of the `STATS` array. Larger than [`VERDICT_COUNT`] so that adding
+/// verdicts does not change the pinned map's definition: an upgraded agent
+/// re-adopts the old map instead of failing to load next to it.
+pub const STATS_SLOTS: u32 = 64;
+const _: () = assert!(VERDICT_COUNT <= STATS_SLOTS);
 
 #[cfg(feature = "user")]
 mod user {

@@ -7,7 +7,7 @@ use aya_ebpf::{
 };
 use lanlink_common::{EndpointByIf, MacKey, Verdict, endpoint_flags};
 
-use crate::{Action, arp, flood, ipv4, maps};
+use crate::{Action, arp, dhcp, flood, ipv4, maps};
 
 /// Ethernet header length.
 pub(crate) const ETH_LEN: usize = 14;
@@ -17,7 +17,7 @@ pub(crate) const ETH_P_IP: u16 = 0x0800;
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
 
 /// `skb->pkt_type` value for frames addressed to this host.
-const PACKET_HOST: u32 = 0;
+pub(crate) const PACKET_HOST: u32 = 0;
 
 /// An Ethernet header as on the wire.
 #[repr(C)]
@@ -125,7 +125,12 @@ pub(crate) fn from_pod(ctx: &TcContext) -> Result<Action, Verdict> {
 pub(crate) fn from_lan(ctx: &TcContext) -> Result<Action, Verdict> {
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
-    let dst = unsafe { (*eth).dst };
+    let (dst, proto) = unsafe { ((*eth).dst, u16::from_be_bytes((*eth).proto)) };
+    if proto == ETH_P_IP {
+        // Before delivery, so the pod's first frame from its new address
+        // already passes the source check.
+        dhcp::learn_from_ack(ctx);
+    }
     if is_group(&dst) {
         // Every local pod gets a copy; the node's stack sees it too.
         flood::to_pods(ctx, 0);

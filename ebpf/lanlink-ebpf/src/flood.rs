@@ -1,6 +1,6 @@
 //! Broadcast and multicast fan-out to local pods.
 
-use lanlink_common::{MAX_ENDPOINTS, Verdict};
+use lanlink_common::{FLOOD_EMPTY, MAX_ENDPOINTS, Verdict};
 
 use crate::{maps::FLOOD, stats::count};
 
@@ -9,14 +9,15 @@ use crate::{maps::FLOOD, stats::count};
 /// veth is the pod's ingress.
 #[inline(always)]
 pub(crate) fn to_pods(ctx: &aya_ebpf::programs::TcContext, except: u32) {
-    // Bounded loop (verifier, kernel >= 5.3); FLOOD is packed from slot 0.
+    // Bounded loop (verifier, kernel >= 5.3); FLOOD is filled from slot 0,
+    // with free slots (FLOOD_EMPTY) where members were removed.
     let mut i = 0;
     while i < MAX_ENDPOINTS {
         let Some(&ifindex) = FLOOD.get(i) else { break };
         if ifindex == 0 {
             break;
         }
-        if ifindex != except {
+        if ifindex != except && ifindex != FLOOD_EMPTY {
             // A failed clone (e.g. a veth going away) must not stop the
             // others, but it is counted.
             if ctx.clone_redirect(ifindex, 0).is_err() {

@@ -6,7 +6,7 @@ use lanlink_common::{EndpointByIf, FlowKey, FlowValue, Verdict, config, endpoint
 
 use crate::{
     Action,
-    eth::{ETH_LEN, ETH_P_IP, EthHdr, is_group, ptr_at},
+    eth::{ETH_LEN, ETH_P_IP, EthHdr, PACKET_HOST, is_group, ptr_at},
     maps,
 };
 
@@ -148,6 +148,11 @@ pub(crate) fn from_pod(ctx: &TcContext, ep: &EndpointByIf) -> Result<Option<Acti
     let eth = ptr_at::<EthHdr>(ctx, 0)?;
     // SAFETY: bounds checked by ptr_at.
     unsafe { (*eth).dst = ep.host_mac };
+    // The stack classified the frame by its old destination (another host's
+    // MAC: PACKET_OTHERHOST) before TC ran, and ip_rcv drops those.
+    if ctx.change_type(PACKET_HOST).is_err() {
+        return Err(Verdict::DropRedirectFailed);
+    }
     Ok(Some(Action::pass(Verdict::FlowToHost)))
 }
 

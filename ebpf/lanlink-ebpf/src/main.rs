@@ -11,6 +11,7 @@
 #![no_main]
 
 mod arp;
+mod dhcp;
 mod eth;
 mod flood;
 mod ipv4;

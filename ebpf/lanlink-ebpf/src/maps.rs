@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lanlink_common::{
     Counter, EndpointByIf, EndpointByMac, FlowKey, FlowValue, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_HOST_ROUTES, MacKey, VERDICT_COUNT,
+    MAX_HOST_ROUTES, MacKey, STATS_SLOTS,
 };
 
 const EPS: usize = MAX_ENDPOINTS as usize;
@@ -35,7 +35,7 @@ pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> 
 
 /// Packets and bytes per verdict, per CPU.
 #[btf_map]
-pub(crate) static STATS: PerCpuArray<Counter, { VERDICT_COUNT as usize }> = PerCpuArray::new();
+pub(crate) static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::new();
 
 /// Ifindex of the uplink, set by the agent at load time.
 #[unsafe(no_mangle)]

@@ -6,6 +6,12 @@
 //! pod's chaddr) through a small channel. Transactions register their xid in
 //! a map under a short-lived mutex, never held across an await, so any
 //! number of pods acquire, renew and release concurrently.
+//!
+//! Before an acquired address is handed out it is ARP-probed on the uplink
+//! ([`super::arp`]); an address that already answers is declined
+//! (DHCPDECLINE) and the client starts over. Every lease event (acquired,
+//! renewed, rebound, released, expired, refused, declined, failed) is
+//! counted in [`DhcpEvents`].
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
@@ -20,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::arp::{self, ArpProbe};
 use super::error::{DhcpError, Mac};
 use super::lease::Lease;
 use super::socket::{PacketSocket, RECV_BUF_LEN};
@@ -58,6 +65,11 @@ pub struct DhcpConfig {
     pub request_attempts: u32,
     /// Option 57.
     pub max_message_size: u16,
+    /// ARP-probe every acknowledged address before using it and decline it
+    /// when another host answers (RFC 2131 4.4.1); `None` skips the probe.
+    pub arp_probe: Option<ArpProbe>,
+    /// DHCPDECLINEs in one acquisition before giving up on the server.
+    pub max_declines: u32,
 }
 
 impl Default for DhcpConfig {
@@ -68,6 +80,8 @@ impl Default for DhcpConfig {
             max_retransmit: Duration::from_secs(8),
             request_attempts: 4,
             max_message_size: 1500,
+            arp_probe: Some(ArpProbe::default()),
+            max_declines: 3,
         }
     }
 }
@@ -81,6 +95,8 @@ pub struct DhcpStats {
     pub sent_request: u64,
     /// DHCPRELEASEs sent.
     pub sent_release: u64,
+    /// DHCPDECLINEs sent.
+    pub sent_decline: u64,
     /// Well-formed DHCPOFFERs received (for any client).
     pub received_offer: u64,
     /// Well-formed DHCPACKs received (for any client).
@@ -102,6 +118,35 @@ pub struct DhcpStats {
     pub send_errors: u64,
     /// Errors reading the socket.
     pub recv_errors: u64,
+    /// What happened to leases, one counter per event.
+    pub events: DhcpEvents,
+}
+
+/// Lease lifecycle events since the client started (for `/metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DhcpEvents {
+    /// Leases acquired (DISCOVER to ACK, address probed free).
+    pub acquired: u64,
+    /// Leases extended by their server at T1 (unicast).
+    pub renewed: u64,
+    /// Leases extended by any server after T2 (broadcast).
+    pub rebound: u64,
+    /// Leases released (DHCPRELEASE sent).
+    pub released: u64,
+    /// Leases that ran out unrenewed or were refused, as reported by the
+    /// agent ([`DhcpClient::count_expired`]).
+    pub expired: u64,
+    /// Renewals or rebindings refused with a DHCPNAK (the lease is gone).
+    pub nak: u64,
+    /// Acknowledged addresses declined because another host answers ARP
+    /// for them.
+    pub declined: u64,
+    /// Acquisitions that failed (no server, pool exhausted, send error).
+    pub acquire_failures: u64,
+    /// Renewal and rebinding attempts that got no usable answer.
+    pub renew_failures: u64,
+    /// ARP probes that could not run (the address was used unchecked).
+    pub probe_errors: u64,
 }
 
 #[derive(Default)]
@@ -109,6 +154,7 @@ struct Counters {
     sent_discover: AtomicU64,
     sent_request: AtomicU64,
     sent_release: AtomicU64,
+    sent_decline: AtomicU64,
     received_offer: AtomicU64,
     received_ack: AtomicU64,
     received_nak: AtomicU64,
@@ -119,6 +165,16 @@ struct Counters {
     timeouts: AtomicU64,
     send_errors: AtomicU64,
     recv_errors: AtomicU64,
+    acquired: AtomicU64,
+    renewed: AtomicU64,
+    rebound: AtomicU64,
+    released: AtomicU64,
+    expired: AtomicU64,
+    nak: AtomicU64,
+    declined: AtomicU64,
+    acquire_failures: AtomicU64,
+    renew_failures: AtomicU64,
+    probe_errors: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) -> u64 {
@@ -143,10 +199,21 @@ struct Waiter {
 /// Replies a transaction can have queued; more are counted as dropped.
 const QUEUE_DEPTH: usize = 8;
 
+/// How acquired addresses are checked for conflicts.
+#[derive(Debug)]
+enum Prober {
+    /// ARP probes on the uplink with this ifindex.
+    Uplink { ifindex: u32 },
+    /// Unit tests: these addresses are in use (by a fixed MAC).
+    #[cfg(test)]
+    InUse(Vec<Ipv4Addr>),
+}
+
 struct Shared {
     socket: PacketSocket,
     uplink: String,
     config: DhcpConfig,
+    prober: Prober,
     waiters: Mutex<HashMap<u32, Waiter>>,
     counters: Counters,
 }
@@ -198,6 +265,8 @@ struct Progress {
     server: Option<Ipv4Addr>,
     offered: Option<Ipv4Addr>,
     naks: u32,
+    discovers: u32,
+    declined: Vec<Ipv4Addr>,
 }
 
 impl DhcpClient {
@@ -222,7 +291,13 @@ impl DhcpClient {
         let _guard = runtime.enter();
         let socket = PacketSocket::open(uplink_ifname, ifindex)?;
         info!(uplink = uplink_ifname, ifindex, "dhcp client listening");
-        Ok(Self::from_socket(&runtime, socket, uplink_ifname, config))
+        Ok(Self::from_socket(
+            &runtime,
+            socket,
+            uplink_ifname,
+            config,
+            Prober::Uplink { ifindex },
+        ))
     }
 
     fn from_socket(
@@ -230,11 +305,13 @@ impl DhcpClient {
         socket: PacketSocket,
         uplink: &str,
         config: DhcpConfig,
+        prober: Prober,
     ) -> Self {
         let shared = Arc::new(Shared {
             socket,
             uplink: uplink.to_owned(),
             config,
+            prober,
             waiters: Mutex::new(HashMap::new()),
             counters: Counters::default(),
         });
@@ -246,11 +323,22 @@ impl DhcpClient {
         }
     }
 
-    /// DISCOVER → OFFER → REQUEST → ACK (NAK → restart), retrying with
-    /// backoff until `req.timeout` passes. Concurrent calls for different
-    /// MACs run concurrently (own xid each, no global lock held across
-    /// awaits). Run at most one transaction per MAC at a time.
+    /// DISCOVER → OFFER → REQUEST → ACK (NAK → restart), then an ARP probe
+    /// of the address (in use → DECLINE → restart), retrying with backoff
+    /// until `req.timeout` passes. Concurrent calls for different MACs run
+    /// concurrently (own xid each, no global lock held across awaits). Run
+    /// at most one transaction per MAC at a time.
     pub async fn acquire(&self, req: &LeaseRequest) -> Result<Lease, DhcpError> {
+        let shared = &*self.handle.shared;
+        let result = self.try_acquire(req).await;
+        match &result {
+            Ok(_) => bump(&shared.counters.acquired),
+            Err(_) => bump(&shared.counters.acquire_failures),
+        };
+        result
+    }
+
+    async fn try_acquire(&self, req: &LeaseRequest) -> Result<Lease, DhcpError> {
         let shared = &*self.handle.shared;
         let id = ClientIdentity {
             mac: req.mac,
@@ -279,12 +367,15 @@ impl DhcpClient {
                 shared
                     .transmit(&id, &tx, start, Outgoing::Discover, &broadcast)
                     .await?;
+                progress.discovers += 1;
                 let until = deadline.min(Instant::now() + shared.retransmit_interval(attempt));
                 attempt += 1;
                 let found = tx
                     .wait_for(until, |msg| {
                         progress.server = Some(msg.reply.opts.server_id.unwrap_or(msg.src_ip));
-                        msg.reply.msg_type == MessageType::Offer && usable(msg.reply.yiaddr)
+                        msg.reply.msg_type == MessageType::Offer
+                            && usable(msg.reply.yiaddr)
+                            && !progress.declined.contains(&msg.reply.yiaddr)
                     })
                     .await;
                 if let Some(offer) = found {
@@ -327,6 +418,37 @@ impl DhcpClient {
                                 requested_at,
                             ) {
                                 Ok(lease) => {
+                                    if let Some(holder) =
+                                        shared.in_use(req.mac, lease.address).await
+                                    {
+                                        warn!(
+                                            uplink = %shared.uplink, mac = %Mac(req.mac), address = %lease.address,
+                                            holder = %Mac(holder), server = %server_id,
+                                            "acknowledged address already answers arp; declining it"
+                                        );
+                                        let decline = Outgoing::Decline {
+                                            requested: lease.address,
+                                            server_id,
+                                        };
+                                        shared
+                                            .transmit(&id, &tx, start, decline, &broadcast)
+                                            .await?;
+                                        bump(&shared.counters.declined);
+                                        progress.declined.push(lease.address);
+                                        progress.offered = None;
+                                        if progress.declined.len()
+                                            >= shared.config.max_declines as usize
+                                        {
+                                            break 'restart;
+                                        }
+                                        // RFC 2131 3.1.5 waits 10 s before starting over; a pod
+                                        // waiting for its network cannot, but a looping server
+                                        // must not be hammered either.
+                                        let pause = deadline
+                                            .min(Instant::now() + shared.config.initial_retransmit);
+                                        tokio::time::sleep_until(pause).await;
+                                        continue 'restart;
+                                    }
                                     info!(
                                         uplink = %shared.uplink, mac = %Mac(req.mac), address = %lease.address,
                                         prefix = lease.prefix_len, server = %lease.server_id, lease_secs = lease.lease_secs,
@@ -369,6 +491,8 @@ impl DhcpClient {
             server: progress.server,
             offered: progress.offered,
             naks: progress.naks,
+            sent: progress.discovers,
+            declined: progress.declined.into(),
         })
     }
 
@@ -376,6 +500,23 @@ impl DhcpClient {
     /// Broadcast to any server when `rebinding`. A DHCPNAK is
     /// [`DhcpError::Nak`]: the lease is gone.
     pub async fn renew(
+        &self,
+        lease: &Lease,
+        rebinding: bool,
+        timeout: Duration,
+    ) -> Result<Lease, DhcpError> {
+        let shared = &*self.handle.shared;
+        let result = self.try_renew(lease, rebinding, timeout).await;
+        bump(match (&result, rebinding) {
+            (Ok(_), false) => &shared.counters.renewed,
+            (Ok(_), true) => &shared.counters.rebound,
+            (Err(DhcpError::Nak { .. }), _) => &shared.counters.nak,
+            (Err(_), _) => &shared.counters.renew_failures,
+        });
+        result
+    }
+
+    async fn try_renew(
         &self,
         lease: &Lease,
         rebinding: bool,
@@ -414,12 +555,14 @@ impl DhcpClient {
         let mut tx = shared.begin(lease.mac);
         let mut answered = None;
         let mut attempt = 0;
+        let mut sent = 0;
         let kind = Outgoing::RequestExtend {
             ciaddr: lease.address,
         };
         while Instant::now() < deadline {
             let requested_at = unix_now();
             shared.transmit(&id, &tx, start, kind, &addrs).await?;
+            sent += 1;
             let until = deadline.min(Instant::now() + shared.retransmit_interval(attempt));
             attempt += 1;
             while let Some(msg) = tx.next_until(until).await {
@@ -483,6 +626,8 @@ impl DhcpClient {
             server: answered,
             offered: None,
             naks: 0,
+            sent,
+            declined: Box::default(),
         })
     }
 
@@ -517,8 +662,15 @@ impl DhcpClient {
         shared
             .transmit(&id, &tx, Instant::now(), kind, &addrs)
             .await?;
+        bump(&shared.counters.released);
         info!(uplink = %shared.uplink, mac = %Mac(lease.mac), address = %lease.address, server = %lease.server_id, "dhcp lease released");
         Ok(())
+    }
+
+    /// Counts a lease the agent let expire (its timers ran out, or a
+    /// DHCPNAK refused it): the client cannot see that by itself.
+    pub fn count_expired(&self) {
+        bump(&self.handle.shared.counters.expired);
     }
 
     /// Counters: sent/received by message type, malformed packets ignored, timeouts.
@@ -529,6 +681,7 @@ impl DhcpClient {
             sent_discover: get(&c.sent_discover),
             sent_request: get(&c.sent_request),
             sent_release: get(&c.sent_release),
+            sent_decline: get(&c.sent_decline),
             received_offer: get(&c.received_offer),
             received_ack: get(&c.received_ack),
             received_nak: get(&c.received_nak),
@@ -539,6 +692,18 @@ impl DhcpClient {
             timeouts: get(&c.timeouts),
             send_errors: get(&c.send_errors),
             recv_errors: get(&c.recv_errors),
+            events: DhcpEvents {
+                acquired: get(&c.acquired),
+                renewed: get(&c.renewed),
+                rebound: get(&c.rebound),
+                released: get(&c.released),
+                expired: get(&c.expired),
+                nak: get(&c.nak),
+                declined: get(&c.declined),
+                acquire_failures: get(&c.acquire_failures),
+                renew_failures: get(&c.renew_failures),
+                probe_errors: get(&c.probe_errors),
+            },
         }
     }
 }
@@ -563,6 +728,27 @@ impl Shared {
                     xid,
                     rx,
                 };
+            }
+        }
+    }
+
+    /// The MAC of a host that already uses `ip` (ARP probe from `mac`), or
+    /// `None` when the address is free, probing is off, or the probe could
+    /// not run (counted and logged: the address is then used unchecked, as
+    /// every client without conflict detection would).
+    async fn in_use(&self, mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; 6]> {
+        let cfg = self.config.arp_probe.as_ref()?;
+        let result = match &self.prober {
+            Prober::Uplink { ifindex } => arp::probe(&self.uplink, *ifindex, mac, ip, cfg).await,
+            #[cfg(test)]
+            Prober::InUse(addrs) => Ok(addrs.contains(&ip).then_some([0x52, 0x54, 0, 0, 0, 0x99])),
+        };
+        match result {
+            Ok(holder) => holder,
+            Err(e) => {
+                bump(&self.counters.probe_errors);
+                warn!(uplink = %self.uplink, mac = %Mac(mac), address = %ip, error = %e, "cannot arp-probe the address; using it unchecked");
+                None
             }
         }
     }
@@ -611,6 +797,7 @@ impl Shared {
                 &self.counters.sent_request
             }
             Outgoing::Release { .. } => &self.counters.sent_release,
+            Outgoing::Decline { .. } => &self.counters.sent_decline,
         });
         debug!(uplink = %self.uplink, mac = %Mac(id.mac), xid = format_args!("{:#010x}", tx.xid), msg = kind.name(), dst = %addrs.dst_ip, "dhcp sent");
         Ok(())
@@ -750,13 +937,15 @@ mod tests {
         silent: bool,
         /// Unicast replies to chaddr instead of broadcasting.
         unicast: bool,
+        /// DHCPDECLINEs seen: each moves the offered addresses up by 50.
+        declines: AtomicUsize,
     }
 
     fn offered_address(mac: &[u8]) -> Ipv4Addr {
-        Ipv4Addr::new(198, 18, 0, 100 + mac[5] % 100)
+        Ipv4Addr::new(198, 18, 0, 100 + mac[5] % 50)
     }
 
-    fn reply_frame(to: &Message, msg_type: MessageType, unicast: bool) -> Vec<u8> {
+    fn reply_frame(to: &Message, msg_type: MessageType, unicast: bool, shift: usize) -> Vec<u8> {
         let mut m = full_ack(to.xid());
         m.set_chaddr(to.chaddr());
         let yiaddr = if msg_type == MessageType::Nak {
@@ -764,7 +953,8 @@ mod tests {
         } else if !to.ciaddr().is_unspecified() {
             to.ciaddr()
         } else {
-            offered_address(to.chaddr())
+            let base = offered_address(to.chaddr());
+            Ipv4Addr::from(u32::from(base) + 50 * shift as u32)
         };
         m.set_yiaddr(yiaddr);
         m.opts_mut().insert(DhcpOption::MessageType(msg_type));
@@ -817,6 +1007,7 @@ mod tests {
                 if behaviour.silent {
                     continue;
                 }
+                let shift = behaviour.declines.load(Ordering::SeqCst);
                 let answer = match msg.opts().msg_type() {
                     Some(MessageType::Discover) => {
                         // Noise first: garbage, someone else's offer, an
@@ -824,12 +1015,12 @@ mod tests {
                         peer.send(&[0xde, 0xad]).await.unwrap();
                         let mut other = msg.clone();
                         other.set_xid(msg.xid().wrapping_add(1));
-                        peer.send(&reply_frame(&other, MessageType::Offer, false))
+                        peer.send(&reply_frame(&other, MessageType::Offer, false, shift))
                             .await
                             .unwrap();
                         let mut other = msg.clone();
                         other.set_chaddr(&[2, 0, 0, 0, 0, 0xee]);
-                        peer.send(&reply_frame(&other, MessageType::Offer, false))
+                        peer.send(&reply_frame(&other, MessageType::Offer, false, shift))
                             .await
                             .unwrap();
                         MessageType::Offer
@@ -843,9 +1034,13 @@ mod tests {
                             MessageType::Ack
                         }
                     }
+                    Some(MessageType::Decline) => {
+                        behaviour.declines.fetch_add(1, Ordering::SeqCst);
+                        continue;
+                    }
                     _ => continue,
                 };
-                peer.send(&reply_frame(&msg, answer, behaviour.unicast))
+                peer.send(&reply_frame(&msg, answer, behaviour.unicast, shift))
                     .await
                     .unwrap();
             }
@@ -860,14 +1055,31 @@ mod tests {
         tokio::task::JoinHandle<()>,
         Arc<Mutex<Vec<Seen>>>,
     ) {
+        test_client_with(behaviour, Vec::new())
+    }
+
+    /// A client whose ARP probes find `in_use` taken.
+    fn test_client_with(
+        behaviour: Behaviour,
+        in_use: Vec<Ipv4Addr>,
+    ) -> (
+        DhcpClient,
+        tokio::task::JoinHandle<()>,
+        Arc<Mutex<Vec<Seen>>>,
+    ) {
         let (socket, peer) = PacketSocket::pair().unwrap();
         let config = DhcpConfig {
             initial_retransmit: Duration::from_millis(50),
             max_retransmit: Duration::from_millis(200),
             ..DhcpConfig::default()
         };
-        let client =
-            DhcpClient::from_socket(&tokio::runtime::Handle::current(), socket, "test0", config);
+        let client = DhcpClient::from_socket(
+            &tokio::runtime::Handle::current(),
+            socket,
+            "test0",
+            config,
+            Prober::InUse(in_use),
+        );
         let (task, seen) = spawn_server(peer, Arc::new(behaviour));
         (client, task, seen)
     }
@@ -979,7 +1191,12 @@ mod tests {
         // 50, 100, 200, 200 ms: about 4 to 5 discovers in 600 ms, not a flood.
         let discovers = seen.lock().unwrap().len();
         assert!((3..=6).contains(&discovers), "{discovers} discovers");
+        assert!(
+            msg.contains(&format!("{discovers} dhcpdiscover")),
+            "the error counts what was sent: {msg}"
+        );
         assert_eq!(client.stats().timeouts, 1);
+        assert_eq!(client.stats().events.acquire_failures, 1);
         assert!(client.handle.shared.waiters().is_empty());
         server.abort();
     }
@@ -992,8 +1209,13 @@ mod tests {
             initial_retransmit: Duration::from_millis(50),
             ..DhcpConfig::default()
         };
-        let client =
-            DhcpClient::from_socket(&tokio::runtime::Handle::current(), socket, "test0", config);
+        let client = DhcpClient::from_socket(
+            &tokio::runtime::Handle::current(),
+            socket,
+            "test0",
+            config,
+            Prober::InUse(Vec::new()),
+        );
         let (server, seen) = spawn_server(peer, Arc::clone(&behaviour));
         let lease = client.acquire(&request(3)).await.unwrap();
         seen.lock().unwrap().clear();
@@ -1058,6 +1280,86 @@ mod tests {
             ),
             "{err:?}"
         );
+        let events = client.stats().events;
+        assert_eq!(
+            (
+                events.renewed,
+                events.rebound,
+                events.released,
+                events.nak,
+                events.acquired
+            ),
+            (1, 1, 1, 1, 1),
+            "{events:?}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn an_address_in_use_is_declined_and_another_acquired() {
+        let first = offered_address(&[0, 0, 0, 0, 0, 5]);
+        let (client, server, seen) = test_client_with(Behaviour::default(), vec![first]);
+        let lease = client.acquire(&request(5)).await.unwrap();
+        let second = Ipv4Addr::from(u32::from(first) + 50);
+        assert_eq!(
+            lease.address, second,
+            "the declined address must not be used"
+        );
+        let seen = seen.lock().unwrap().clone();
+        let types: Vec<_> = seen.iter().map(|s| s.msg.opts().msg_type()).collect();
+        assert_eq!(
+            types,
+            [
+                MessageType::Discover,
+                MessageType::Request,
+                MessageType::Decline,
+                MessageType::Discover,
+                MessageType::Request
+            ]
+            .map(Some),
+        );
+        let decline = &seen[2];
+        assert_eq!(
+            decline
+                .msg
+                .opts()
+                .get(dhcproto::v4::OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(first))
+        );
+        assert_eq!(
+            (decline.src_ip, decline.dst_ip, decline.dst_mac),
+            (Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST, BROADCAST_MAC)
+        );
+        let stats = client.stats();
+        assert_eq!(stats.sent_decline, 1);
+        assert_eq!(
+            (stats.events.declined, stats.events.acquired),
+            (1, 1),
+            "{stats:?}"
+        );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_server_that_only_offers_used_addresses_is_given_up() {
+        // Every address the server can offer is taken: three declines, then
+        // a clear error instead of looping until the deadline.
+        let taken: Vec<Ipv4Addr> = (0..3)
+            .map(|i| Ipv4Addr::new(198, 18, 0, 106 + 50 * i))
+            .collect();
+        let (client, server, _seen) = test_client_with(Behaviour::default(), taken);
+        let err = client.acquire(&request(6)).await.unwrap_err();
+        let msg = err.to_string();
+        assert!(
+            matches!(&err, DhcpError::Timeout { declined, .. } if declined.len() == 3),
+            "{err:?}"
+        );
+        assert!(
+            msg.contains("198.18.0.106") && msg.contains("in use"),
+            "{msg}"
+        );
+        let events = client.stats().events;
+        assert_eq!((events.declined, events.acquire_failures), (3, 1));
         server.abort();
     }
 

@@ -127,10 +127,12 @@ pub enum DhcpError {
         source: Option<dhcproto::error::DecodeError>,
     },
 
-    /// No usable answer before the deadline.
+    /// No usable answer before the deadline, or only addresses already in
+    /// use. The message says what the client sent and who answered.
     #[error(
-        "dhcp {op} for {mac} on uplink {uplink} timed out after {elapsed:?}: {}",
-        describe_progress(.server, .offered, *.naks)
+        "dhcp {op} for {mac} on uplink {uplink} failed after {:.1}s: {}",
+        .elapsed.as_secs_f64(),
+        describe_progress(op, .server, .offered, *.naks, *.sent, .declined)
     )]
     Timeout {
         /// `"acquire"`, `"renew"` or `"rebind"`.
@@ -147,6 +149,11 @@ pub enum DhcpError {
         offered: Option<Ipv4Addr>,
         /// How many DHCPNAKs were received.
         naks: u32,
+        /// DHCPDISCOVERs (acquire) or DHCPREQUESTs (renew, rebind) sent.
+        sent: u32,
+        /// Acknowledged addresses declined because they answer ARP (boxed:
+        /// errors travel by value through every `Result`).
+        declined: Box<[Ipv4Addr]>,
     },
 
     /// The server refused a renewal or rebinding: the lease is gone.
@@ -193,6 +200,11 @@ pub enum DhcpError {
 }
 
 impl DhcpError {
+    /// Whether the server refused the lease (a DHCPNAK on renew or rebind).
+    pub fn is_nak(&self) -> bool {
+        matches!(self, DhcpError::Nak { .. })
+    }
+
     /// A [`DhcpError::Malformed`] without an underlying decode error.
     pub(crate) fn malformed(reason: &'static str) -> Self {
         DhcpError::Malformed {
@@ -202,9 +214,20 @@ impl DhcpError {
     }
 }
 
-fn describe_progress(server: &Option<Ipv4Addr>, offered: &Option<Ipv4Addr>, naks: u32) -> String {
+fn describe_progress(
+    op: &str,
+    server: &Option<Ipv4Addr>,
+    offered: &Option<Ipv4Addr>,
+    naks: u32,
+    sent: u32,
+    declined: &[Ipv4Addr],
+) -> String {
     let mut s = match (server, offered) {
-        (None, _) => "no dhcp server answered".to_owned(),
+        (None, _) if op == "acquire" => format!(
+            "no dhcp server answered {sent} dhcpdiscover(s) \
+             (no server reachable on the uplink, or its pool is exhausted)"
+        ),
+        (None, _) => format!("no dhcp server answered {sent} dhcprequest(s)"),
         (Some(server), Some(addr)) => {
             format!("server {server} offered {addr} but did not acknowledge it")
         }
@@ -213,5 +236,67 @@ fn describe_progress(server: &Option<Ipv4Addr>, offered: &Option<Ipv4Addr>, naks
     if naks > 0 {
         s.push_str(&format!(" ({naks} nak(s) received)"));
     }
+    if !declined.is_empty() {
+        let list: Vec<String> = declined.iter().map(ToString::to_string).collect();
+        s.push_str(&format!(
+            "; declined {}: already in use on the lan",
+            list.join(", ")
+        ));
+    }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timeout(
+        op: &'static str,
+        server: Option<Ipv4Addr>,
+        offered: Option<Ipv4Addr>,
+        declined: Vec<Ipv4Addr>,
+    ) -> String {
+        DhcpError::Timeout {
+            op,
+            uplink: "eth0".into(),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            elapsed: Duration::from_millis(3_040),
+            server,
+            offered,
+            naks: 0,
+            sent: 4,
+            declined: declined.into(),
+        }
+        .to_string()
+    }
+
+    #[test]
+    fn timeouts_say_where_what_and_who() {
+        let server = Some(Ipv4Addr::new(198, 18, 0, 1));
+        assert_eq!(
+            timeout("acquire", None, None, vec![]),
+            "dhcp acquire for 02:00:00:00:00:01 on uplink eth0 failed after 3.0s: \
+             no dhcp server answered 4 dhcpdiscover(s) \
+             (no server reachable on the uplink, or its pool is exhausted)"
+        );
+        assert!(
+            timeout("renew", None, None, vec![])
+                .ends_with("no dhcp server answered 4 dhcprequest(s)")
+        );
+        assert!(
+            timeout(
+                "acquire",
+                server,
+                Some(Ipv4Addr::new(198, 18, 0, 7)),
+                vec![]
+            )
+            .ends_with("server 198.18.0.1 offered 198.18.0.7 but did not acknowledge it")
+        );
+        assert!(
+            timeout("acquire", server, None, vec![Ipv4Addr::new(198, 18, 0, 9)]).ends_with(
+                "server 198.18.0.1 answered but no lease was granted; \
+                 declined 198.18.0.9: already in use on the lan"
+            )
+        );
+    }
 }

@@ -224,9 +224,16 @@ impl LeaseMachine {
     /// An attempt got no answer by `now_unix`: wait half the time left until
     /// the next boundary (T2, or expiry while rebinding), but at least
     /// `min_retry`, and never past the boundary (RFC 2131 4.4.5).
-    pub fn on_no_reply(&mut self, now_unix: u64) {
+    /// `rebinding` is the failed attempt's: a renewal that ran into T2 is
+    /// followed by a rebinding at once, as the boundary changed the question
+    /// (any server, not ours).
+    pub fn on_no_reply(&mut self, now_unix: u64, rebinding: bool) {
         let boundary = match self.phase(now_unix) {
             LeasePhase::Renewing => self.lease.t2_at_unix(),
+            LeasePhase::Rebinding if !rebinding => {
+                self.next_attempt_unix = now_unix;
+                return;
+            }
             LeasePhase::Rebinding => self.lease.expires_at_unix(),
             LeasePhase::Bound | LeasePhase::Expired => return,
         };
@@ -285,13 +292,13 @@ mod tests {
             timeout: Duration::from_secs(4),
         };
         assert_eq!(m.poll(1060), renew);
-        m.on_no_reply(1064); // 41 s to T2: retry after 20 s
+        m.on_no_reply(1064, false); // 41 s to T2: retry after 20 s
         assert_eq!(m.poll(1070), LeaseAction::Wait { until_unix: 1084 });
         assert_eq!(m.poll(1084), renew);
-        m.on_no_reply(1088); // 17 s to T2, half is 8: min_retry 10 wins
+        m.on_no_reply(1088, false); // 17 s to T2, half is 8: min_retry 10 wins
         assert_eq!(m.poll(1090), LeaseAction::Wait { until_unix: 1098 });
         assert_eq!(m.poll(1098), renew);
-        m.on_no_reply(1102); // 3 s to T2: clamped to T2
+        m.on_no_reply(1102, false); // 3 s to T2: clamped to T2
         assert_eq!(m.poll(1103), LeaseAction::Wait { until_unix: 1105 });
         assert_eq!(m.phase(1105), LeasePhase::Rebinding);
         assert_eq!(
@@ -301,7 +308,7 @@ mod tests {
                 timeout: Duration::from_secs(4),
             }
         );
-        m.on_no_reply(1109); // 11 s to expiry
+        m.on_no_reply(1109, true); // 11 s to expiry
         assert_eq!(m.poll(1110), LeaseAction::Wait { until_unix: 1119 });
         assert_eq!(
             m.poll(1119),
@@ -310,9 +317,89 @@ mod tests {
                 timeout: Duration::from_secs(1),
             }
         );
-        m.on_no_reply(1120);
+        m.on_no_reply(1120, true);
         assert_eq!(m.poll(1120), LeaseAction::Expire);
         assert_eq!(m.phase(1120), LeasePhase::Expired);
+    }
+
+    #[test]
+    fn a_renewal_that_runs_into_t2_is_followed_by_a_rebinding() {
+        // 10 s lease from t=1000: T1 1005, T2 1007, expiry 1010 (short leases
+        // as a lab server hands out); the 60 s minimum retry cannot apply.
+        let mut m = LeaseMachine::new(lease(1000, 10), RenewPolicy::default());
+        assert_eq!(m.poll(1004), LeaseAction::Wait { until_unix: 1005 });
+        assert_eq!(
+            m.poll(1005),
+            LeaseAction::Renew {
+                rebinding: false,
+                timeout: Duration::from_secs(2),
+            }
+        );
+        m.on_no_reply(1007, false); // the attempt waited until T2
+        assert_eq!(
+            m.poll(1007),
+            LeaseAction::Renew {
+                rebinding: true,
+                timeout: Duration::from_secs(3),
+            }
+        );
+        m.on_no_reply(1010, true);
+        assert_eq!(m.poll(1010), LeaseAction::Expire);
+        // Nothing but expiry once expired, whatever is reported.
+        m.on_no_reply(1011, true);
+        assert_eq!(m.poll(1011), LeaseAction::Expire);
+    }
+
+    #[test]
+    fn a_rebinding_without_answer_waits_until_expiry_at_most() {
+        let mut m = LeaseMachine::new(lease(1000, 10), RenewPolicy::default());
+        assert!(matches!(
+            m.poll(1008),
+            LeaseAction::Renew {
+                rebinding: true,
+                ..
+            }
+        ));
+        m.on_no_reply(1009, true);
+        assert_eq!(m.poll(1009), LeaseAction::Wait { until_unix: 1010 });
+        assert_eq!(m.poll(1010), LeaseAction::Expire);
+    }
+
+    #[test]
+    fn a_nak_while_rebinding_expires_too() {
+        let mut m = LeaseMachine::new(lease(1000, 120), policy());
+        assert!(matches!(
+            m.poll(1106),
+            LeaseAction::Renew {
+                rebinding: true,
+                ..
+            }
+        ));
+        m.on_nak();
+        assert_eq!(m.phase(1106), LeasePhase::Expired);
+        assert_eq!(
+            m.poll(1000),
+            LeaseAction::Expire,
+            "even with a clock gone back"
+        );
+        // A late ACK revives nothing but a fresh lease.
+        m.on_ack(lease(1107, 120));
+        assert_eq!(m.phase(1107), LeasePhase::Bound);
+    }
+
+    #[test]
+    fn a_clock_that_jumps_backwards_only_delays() {
+        let m = LeaseMachine::new(lease(1000, 120), policy());
+        assert_eq!(m.poll(10), LeaseAction::Wait { until_unix: 1060 });
+    }
+
+    #[test]
+    fn zero_length_leases_expire_at_once() {
+        let mut l = lease(1000, 0);
+        l.t1_secs = 0;
+        l.t2_secs = 0;
+        let m = LeaseMachine::new(l, policy());
+        assert_eq!(m.poll(1000), LeaseAction::Expire);
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! - [`stable_identity`], [`random_identity`], [`sanitize_hostname`]: who
 //!   the client says the pod is.
 //! - [`persist`]: crash-safe files for leases across agent restarts.
+//! - [`ArpProbe`]: the conflict check of every acquired address (DECLINE).
 
+mod arp;
 mod client;
 mod error;
 mod identity;
@@ -20,7 +22,8 @@ pub mod persist;
 mod socket;
 mod wire;
 
-pub use client::{DhcpClient, DhcpConfig, DhcpStats, LeaseRequest};
+pub use arp::ArpProbe;
+pub use client::{DhcpClient, DhcpConfig, DhcpEvents, DhcpStats, LeaseRequest};
 pub use error::{DhcpError, Mac};
 pub use identity::{random_identity, sanitize_hostname, stable_identity};
 pub use lease::{Lease, LeaseAction, LeaseMachine, LeasePhase, RenewPolicy};

@@ -24,7 +24,7 @@ pub(crate) const RECV_BUF_LEN: usize = 9216;
 /// Socket receive buffer: room for a burst of replies to many concurrent ADDs.
 const RCVBUF_BYTES: libc::c_int = 1 << 20;
 
-const fn stmt(code: u32, k: u32) -> libc::sock_filter {
+pub(crate) const fn stmt(code: u32, k: u32) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
         jt: 0,
@@ -33,7 +33,7 @@ const fn stmt(code: u32, k: u32) -> libc::sock_filter {
     }
 }
 
-const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
+pub(crate) const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
     libc::sock_filter {
         code: code as u16,
         jt,
@@ -74,6 +74,8 @@ pub(crate) struct PacketSocket {
     fd: AsyncFd<OwnedFd>,
     /// 0 for the socketpair used by unit tests (frames are `send`, not `sendto`).
     ifindex: libc::c_int,
+    /// EtherType of the frames sent (`sll_protocol` of `sendto`).
+    send_protocol: u16,
 }
 
 fn os_err(uplink: &str, op: &'static str) -> DhcpError {
@@ -98,9 +100,21 @@ fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) ->
 }
 
 impl PacketSocket {
-    /// Opens the socket on `uplink`, in the calling thread's netns. Must run
-    /// inside a tokio runtime (for the `AsyncFd` registration).
+    /// Opens the DHCP socket on `uplink` ([`FILTER`]), in the calling
+    /// thread's netns. Must run inside a tokio runtime (for the `AsyncFd`
+    /// registration).
     pub(crate) fn open(uplink: &str, ifindex: u32) -> Result<Self, DhcpError> {
+        Self::open_filtered(uplink, ifindex, &FILTER, libc::ETH_P_IP as u16)
+    }
+
+    /// Opens an `ETH_P_ALL` socket on `uplink` that receives only the frames
+    /// `filter` accepts and sends frames of EtherType `send_protocol`.
+    pub(crate) fn open_filtered(
+        uplink: &str,
+        ifindex: u32,
+        filter: &[libc::sock_filter],
+        send_protocol: u16,
+    ) -> Result<Self, DhcpError> {
         // Protocol 0 at creation: no frame is queued before the filter is
         // attached; bind() below starts reception with ETH_P_ALL.
         // SAFETY: plain syscall; the result is checked.
@@ -118,8 +132,8 @@ impl PacketSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
 
         let prog = libc::sock_fprog {
-            len: FILTER.len() as u16,
-            filter: FILTER.as_ptr().cast_mut(),
+            len: filter.len() as u16,
+            filter: filter.as_ptr().cast_mut(),
         };
         if !setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog) {
             return Err(os_err(uplink, "SO_ATTACH_FILTER"));
@@ -150,7 +164,11 @@ impl PacketSocket {
             op: "registering with tokio",
             source,
         })?;
-        Ok(PacketSocket { fd, ifindex })
+        Ok(PacketSocket {
+            fd,
+            ifindex,
+            send_protocol,
+        })
     }
 
     /// One end of a datagram socketpair standing in for the uplink in unit
@@ -160,13 +178,20 @@ impl PacketSocket {
         let (a, b) = std::os::unix::net::UnixDatagram::pair()?;
         a.set_nonblocking(true)?;
         let fd = register(OwnedFd::from(a))?;
-        Ok((PacketSocket { fd, ifindex: 0 }, b))
+        Ok((
+            PacketSocket {
+                fd,
+                ifindex: 0,
+                send_protocol: libc::ETH_P_IP as u16,
+            },
+            b,
+        ))
     }
 
     /// Sends one whole Ethernet frame; `dst_mac` must be the frame's
     /// destination (the kernel wants it in the address too).
     pub(crate) async fn send(&self, frame: &[u8], dst_mac: [u8; 6]) -> io::Result<()> {
-        let addr = ll_addr(self.ifindex, libc::ETH_P_IP as u16, dst_mac);
+        let addr = ll_addr(self.ifindex, self.send_protocol, dst_mac);
         self.fd
             .async_io(tokio::io::Interest::WRITABLE, |fd| {
                 // SAFETY: `frame` and `addr` outlive the call.
@@ -242,20 +267,24 @@ fn ll_addr(ifindex: libc::c_int, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    /// Just enough of a classic BPF interpreter to run [`FILTER`], so the
-    /// jump offsets are checked without root. `vlan` is the ancillary
-    /// VLAN-tag-present value.
     fn run_filter(frame: &[u8], vlan: bool) -> u32 {
+        run_cbpf(&FILTER, frame, vlan)
+    }
+
+    /// Just enough of a classic BPF interpreter to run [`FILTER`] and the ARP
+    /// probe's filter, so the jump offsets are checked without root. `vlan`
+    /// is the ancillary VLAN-tag-present value.
+    pub(crate) fn run_cbpf(filter: &[libc::sock_filter], frame: &[u8], vlan: bool) -> u32 {
         let (mut a, mut x, mut pc) = (0u32, 0u32, 0usize);
         let load = |off: usize, size: usize| -> Option<u32> {
             let b = frame.get(off..off + size)?;
             Some(b.iter().fold(0u32, |acc, &v| acc << 8 | u32::from(v)))
         };
         loop {
-            let ins = FILTER[pc];
+            let ins = filter[pc];
             let code = u32::from(ins.code);
             pc += 1;
             let size = match code & 0x18 {

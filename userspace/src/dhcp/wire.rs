@@ -70,6 +70,13 @@ pub(crate) enum Outgoing {
         /// The server that granted it.
         server_id: Ipv4Addr,
     },
+    /// DHCPDECLINE: the acknowledged address already answers ARP.
+    Decline {
+        /// The address in use (option 50).
+        requested: Ipv4Addr,
+        /// The server that granted it (option 54).
+        server_id: Ipv4Addr,
+    },
 }
 
 impl Outgoing {
@@ -79,6 +86,7 @@ impl Outgoing {
             Outgoing::Discover => "discover",
             Outgoing::RequestSelecting { .. } | Outgoing::RequestExtend { .. } => "request",
             Outgoing::Release { .. } => "release",
+            Outgoing::Decline { .. } => "decline",
         }
     }
 }
@@ -154,7 +162,9 @@ pub(crate) fn build_message(
 ) -> Result<Vec<u8>, DhcpError> {
     let ciaddr = match kind {
         Outgoing::RequestExtend { ciaddr } | Outgoing::Release { ciaddr, .. } => ciaddr,
-        Outgoing::Discover | Outgoing::RequestSelecting { .. } => Ipv4Addr::UNSPECIFIED,
+        Outgoing::Discover | Outgoing::RequestSelecting { .. } | Outgoing::Decline { .. } => {
+            Ipv4Addr::UNSPECIFIED
+        }
     };
     let unspecified = Ipv4Addr::UNSPECIFIED;
     let mut msg = Message::new_with_id(
@@ -167,8 +177,10 @@ pub(crate) fn build_message(
     );
     msg.set_opcode(Opcode::BootRequest).set_secs(params.secs);
     // RFC 2131 4.1: a client that already has an address (ciaddr set) must
-    // not ask for broadcast replies; a releasing client gets no reply.
-    if params.broadcast && ciaddr.is_unspecified() {
+    // not ask for broadcast replies; a releasing or declining client gets no
+    // reply.
+    let answered = !matches!(kind, Outgoing::Decline { .. });
+    if params.broadcast && ciaddr.is_unspecified() && answered {
         msg.set_flags(Flags::default().set_broadcast());
     }
     let opts = msg.opts_mut();
@@ -176,12 +188,21 @@ pub(crate) fn build_message(
         Outgoing::Discover => MessageType::Discover,
         Outgoing::RequestSelecting { .. } | Outgoing::RequestExtend { .. } => MessageType::Request,
         Outgoing::Release { .. } => MessageType::Release,
+        Outgoing::Decline { .. } => MessageType::Decline,
     };
     opts.insert(DhcpOption::MessageType(msg_type));
     opts.insert(DhcpOption::ClientIdentifier(id.client_id.to_vec()));
     match kind {
         Outgoing::Release { server_id, .. } => {
             // RFC 2131 table 5: a release carries only 53, 54, 61 (and 56).
+            opts.insert(DhcpOption::ServerIdentifier(server_id));
+        }
+        Outgoing::Decline {
+            requested,
+            server_id,
+        } => {
+            // RFC 2131 table 5: 50 and 54 must be present, 55 and 57 must not.
+            opts.insert(DhcpOption::RequestedIpAddress(requested));
             opts.insert(DhcpOption::ServerIdentifier(server_id));
         }
         _ => {
@@ -837,6 +858,33 @@ pub(crate) mod tests {
         assert!(o.contains(OptionCode::ServerIdentifier));
         assert!(o.contains(OptionCode::ClientIdentifier));
         assert_eq!(o.len(), 3);
+    }
+
+    #[test]
+    fn decline_carries_requested_address_server_and_client_id_only() {
+        let kind = Outgoing::Decline {
+            requested: Ipv4Addr::new(198, 18, 0, 150),
+            server_id: Ipv4Addr::new(198, 18, 0, 1),
+        };
+        let extra = vec![(60u8, b"x".to_vec())];
+        let msg = decode(&build_message(&identity(&extra), &params(), kind).unwrap());
+        assert_eq!(msg.ciaddr(), Ipv4Addr::UNSPECIFIED);
+        assert!(!msg.flags().broadcast(), "no reply comes to a decline");
+        let o = msg.opts();
+        assert_eq!(o.msg_type(), Some(MessageType::Decline));
+        assert_eq!(
+            o.get(OptionCode::RequestedIpAddress),
+            Some(&DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                198, 18, 0, 150
+            )))
+        );
+        assert_eq!(
+            o.get(OptionCode::ServerIdentifier),
+            Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(198, 18, 0, 1)))
+        );
+        assert!(o.contains(OptionCode::ClientIdentifier));
+        assert_eq!(o.len(), 4, "unexpected options: {o:?}");
+        assert_eq!(kind.name(), "decline");
     }
 
     #[test]

@@ -1,0 +1,315 @@
+//! Pods for dataplane tests: attach and detach them through the CNI plugin,
+//! and read what the dataplane shows about them (verdict counters, pinned
+//! maps, the uplink's unicast filter, host veths).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+
+use crate::agent::Agent;
+use crate::cmd;
+use crate::cni::{CniCall, cni, lab_netconf};
+use crate::netns::NetNs;
+use crate::node::Node;
+use crate::{AGENT_BIN, bin_dir};
+
+/// A pod attached through the CNI plugin.
+#[derive(Debug)]
+pub struct Pod {
+    /// Its namespace.
+    pub ns: NetNs,
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// Its interface's MAC (lower case), from the CNI result.
+    pub mac: String,
+    /// Its leased address; `None` with `ipam: none`.
+    pub ip: Option<Ipv4Addr>,
+    /// The CNI result.
+    pub result: Value,
+    /// The netconf it was added with (DEL uses the same).
+    pub netconf: Value,
+}
+
+impl Pod {
+    /// Its leased address (fails for a pod without one).
+    pub fn ip(&self) -> Result<Ipv4Addr> {
+        self.ip
+            .with_context(|| format!("pod {} has no lease", self.container_id))
+    }
+}
+
+/// Adds pod `name` on `node` with the lab netconf.
+pub fn add_pod(node: &Node, agent: &Agent, name: &str) -> Result<Pod> {
+    add_pod_with(node, agent, name, lab_netconf(agent))
+}
+
+/// Adds pod `name` on `node` with `netconf` (ADD, run in the node's
+/// namespace as its runtime would).
+pub fn add_pod_with(node: &Node, agent: &Agent, name: &str, netconf: Value) -> Result<Pod> {
+    let ns = node.pod_netns(name)?;
+    let container_id = format!("{}-{name}", ns.name());
+    let call = CniCall::new("ADD", &container_id, Some(ns.path()), netconf.clone())
+        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
+        .in_netns(node.path());
+    let result = cni(&bin_dir(), &call)?
+        .ok()
+        .with_context(|| format!("ADD {name}; agent log:\n{}", agent.log()))?;
+    let ip = match result["ips"][0]["address"].as_str() {
+        Some(a) => Some(
+            a.split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("bad address {a:?}"))?,
+        ),
+        None => None,
+    };
+    let mac = result["interfaces"]
+        .as_array()
+        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
+        .and_then(|i| i["mac"].as_str())
+        .context("the result has no pod interface")?
+        .to_ascii_lowercase();
+    Ok(Pod {
+        ns,
+        container_id,
+        mac,
+        ip,
+        result,
+        netconf,
+    })
+}
+
+/// DEL of `pod` (idempotent on the agent's side).
+pub fn del_pod(node: &Node, agent: &Agent, pod: &Pod) -> Result<()> {
+    let call = CniCall::new(
+        "DEL",
+        &pod.container_id,
+        Some(pod.ns.path()),
+        pod.netconf.clone(),
+    )
+    .in_netns(node.path());
+    cni(&bin_dir(), &call)?
+        .ok()
+        .map(drop)
+        .with_context(|| format!("DEL {}; agent log:\n{}", pod.container_id, agent.log()))
+}
+
+/// The agent's verdict counters (`lanlinkd stats --json`): label → packets.
+/// Read from the pinned `STATS` map when the agent is down.
+pub fn stats(agent: &Agent) -> Result<BTreeMap<String, u64>> {
+    let mut c = Command::new(bin_dir().join(AGENT_BIN));
+    c.args(["stats", "--json", "--socket"])
+        .arg(agent.socket())
+        .arg("--pin-dir")
+        .arg(agent.pin_dir());
+    let out = cmd::run_ok(&mut c, cmd::SHORT).context("lanlinkd stats --json")?;
+    let rows: Value = serde_json::from_str(&out).context("stats JSON")?;
+    rows.as_array()
+        .context("stats JSON is not an array")?
+        .iter()
+        .map(|r| {
+            Ok((
+                r["verdict"]
+                    .as_str()
+                    .context("row without verdict")?
+                    .to_owned(),
+                r["packets"].as_u64().context("row without packets")?,
+            ))
+        })
+        .collect()
+}
+
+/// `bpftool -j map dump pinned <pin_dir>/<map>`.
+pub fn map_dump(pin_dir: &Path, map: &str) -> Result<Value> {
+    let mut c = Command::new("bpftool");
+    c.args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join(map));
+    let out = cmd::run_ok(&mut c, cmd::SHORT).with_context(|| format!("bpftool dump {map}"))?;
+    serde_json::from_str(&out).with_context(|| format!("bpftool output for {map}"))
+}
+
+/// Number of entries `bpftool` shows in a pinned hash or LRU map.
+pub fn map_len(pin_dir: &Path, map: &str) -> Result<usize> {
+    Ok(map_dump(pin_dir, map)?.as_array().map_or(0, Vec::len))
+}
+
+/// The values of a pinned `u32` array map (e.g. `FLOOD`), in index order.
+pub fn array_u32(pin_dir: &Path, map: &str) -> Result<Vec<u32>> {
+    let v = map_dump(pin_dir, map)?;
+    v.as_array()
+        .context("not an array")?
+        .iter()
+        .map(|e| {
+            // With BTF: {"key": 0, "value": 7}; without: byte arrays.
+            match &e["value"] {
+                Value::Number(n) => n.as_u64().map(|n| n as u32),
+                Value::Array(b) => {
+                    let b: Vec<u8> = b
+                        .iter()
+                        .filter_map(|x| {
+                            x.as_str().and_then(|s| {
+                                u8::from_str_radix(s.trim_start_matches("0x"), 16).ok()
+                            })
+                        })
+                        .collect();
+                    b.try_into().ok().map(u32::from_ne_bytes)
+                }
+                _ => None,
+            }
+            .with_context(|| format!("{map}: cannot read {e}"))
+        })
+        .collect()
+}
+
+/// MACs in the unicast filter of the node's `eth0` (`bridge fdb show dev
+/// eth0`: the `self permanent` entries that are not multicast).
+pub fn uc_filter(node: &Node) -> Result<Vec<String>> {
+    let out = node
+        .ns()
+        .run_ok(&["bridge", "fdb", "show", "dev", "eth0"])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains("self") && l.contains("permanent"))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|m| u8::from_str_radix(m.get(..2).unwrap_or("01"), 16).is_ok_and(|b| b & 1 == 0))
+        .map(str::to_ascii_lowercase)
+        .collect())
+}
+
+/// Names of the host-side veths the agent made on `node` (`ll…`).
+pub fn host_veths(node: &Node) -> Result<Vec<String>> {
+    let links = node.ns().ip(&["-o", "link", "show", "type", "veth"])?;
+    Ok(links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+        .filter(|n| n.starts_with("ll"))
+        .collect())
+}
+
+/// Files under `<pin_dir>/links`.
+pub fn pinned_links(pin_dir: &Path) -> Result<Vec<String>> {
+    let mut v: Vec<String> = std::fs::read_dir(pin_dir.join("links"))
+        .with_context(|| format!("read {}/links", pin_dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Polls `f` every 50 ms until it returns `Ok(true)` or `timeout` passes;
+/// returns whether it did.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> Result<bool>) -> Result<bool> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if f()? {
+            return Ok(true);
+        }
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Asserts that `counter` grew by at least `by` between two [`stats`] reads.
+pub fn ensure_grew(
+    before: &BTreeMap<String, u64>,
+    after: &BTreeMap<String, u64>,
+    counter: &str,
+    by: u64,
+) -> Result<()> {
+    let b = before.get(counter).copied().unwrap_or(0);
+    let a = after.get(counter).copied().unwrap_or(0);
+    ensure!(
+        a >= b + by,
+        "{counter} went from {b} to {a}, expected at least +{by}; counters now: {after:?}"
+    );
+    Ok(())
+}
+
+/// Makes the node's FORWARD chain hostile (F2): policy DROP, `rules`
+/// unrelated rules loaded with one `iptables-restore`, and bridge netfilter
+/// on. Nothing of it may matter to pod traffic.
+pub fn hostile_forward(node: &Node, rules: u32) -> Result<()> {
+    let mut s =
+        String::from("*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n");
+    for i in 0..rules {
+        // Sources in 198.19.0.0/16 (lab range, never used by pods), so no
+        // rule ever matches lab traffic.
+        s.push_str(&format!(
+            "-A FORWARD -s 198.19.{}.{}/32 -p udp -m udp --dport {} -j ACCEPT\n",
+            (i / 256) % 256,
+            i % 256,
+            1000 + i % 50_000
+        ));
+    }
+    s.push_str("COMMIT\n");
+    let out = cmd::run_with_stdin(
+        &mut node.ns().command(&["iptables-restore", "-w", "5"]),
+        Some(s.as_bytes()),
+        Duration::from_secs(60),
+    )?;
+    ensure!(
+        out.status.success(),
+        "iptables-restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    node.ns()
+        .sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    let n = node
+        .ns()
+        .run_ok(&["iptables", "-S", "FORWARD"])?
+        .lines()
+        .filter(|l| l.starts_with("-A FORWARD"))
+        .count();
+    ensure!(
+        n == rules as usize,
+        "FORWARD has {n} rules, expected {rules}"
+    );
+    Ok(())
+}
+
+/// Packets the FORWARD chain's policy dropped, and packets any FORWARD rule
+/// matched, in the node's namespace.
+pub fn forward_counters(node: &Node) -> Result<(u64, u64)> {
+    let out = node
+        .ns()
+        .run_ok(&["iptables", "-L", "FORWARD", "-v", "-n", "-x"])?;
+    let policy = out
+        .lines()
+        .next()
+        .and_then(|l| l.split("policy DROP ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no FORWARD policy counters in {out:.200}"))?;
+    let matched = out
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    Ok((policy, matched))
+}
+
+/// Waits (≤ 3 s) until `counter` has grown by at least `by` since `before`:
+/// frames a test sends are counted in softirq context, possibly after the
+/// sender returned.
+pub fn wait_grew(
+    agent: &Agent,
+    before: &BTreeMap<String, u64>,
+    counter: &str,
+    by: u64,
+) -> Result<()> {
+    let b = before.get(counter).copied().unwrap_or(0);
+    wait_until(Duration::from_secs(3), || {
+        Ok(stats(agent)?.get(counter).copied().unwrap_or(0) >= b + by)
+    })?;
+    ensure_grew(before, &stats(agent)?, counter, by)
+}

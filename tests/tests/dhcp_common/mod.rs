@@ -1,0 +1,225 @@
+//! Helpers shared by the DHCP lifecycle tests (`dhcp.rs`, `dhcp_pool.rs`):
+//! pods through the CNI plugin, the agent's API over its Unix socket, the
+//! endpoint flags in the pinned maps, and bounded polling.
+
+#![allow(dead_code, reason = "each test file uses a different subset")]
+
+use std::io::{Read as _, Write as _};
+use std::net::Ipv4Addr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context as _, Result, bail, ensure};
+use lanlink_lab::{Agent, CniCall, CniOutput, NetNs, Node, cni, lab_netconf};
+use serde_json::{Value, json};
+
+/// `endpoint_flags::EXPIRED` of `lanlink-common`.
+pub const FLAG_EXPIRED: u64 = 1 << 3;
+
+/// A pod attached through the CNI plugin.
+pub struct Pod {
+    pub ns: NetNs,
+    pub name: String,
+    pub container_id: String,
+    pub mac: String,
+    pub ip: Ipv4Addr,
+    pub netconf: Value,
+}
+
+/// The lab netconf with `ipam.timeoutMs`.
+pub fn netconf(agent: &Agent, timeout_ms: u64) -> Value {
+    let mut n = lab_netconf(agent);
+    n["ipam"] = json!({"type": "lanlink-dhcp", "timeoutMs": timeout_ms});
+    n
+}
+
+/// ADD of pod `default/<name>` in `ns` (runs the plugin in the node's netns).
+pub fn try_add(
+    node: &Node,
+    ns: &NetNs,
+    container_id: &str,
+    name: &str,
+    netconf: &Value,
+) -> Result<CniOutput> {
+    let call = CniCall::new("ADD", container_id, Some(ns.path()), netconf.clone())
+        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
+        .in_netns(node.path());
+    cni(&lanlink_lab::bin_dir(), &call)
+}
+
+/// ADD that must succeed, in `ns`.
+pub fn add_in(node: &Node, agent: &Agent, ns: NetNs, name: &str, netconf: &Value) -> Result<Pod> {
+    let container_id = format!("{}-{name}", ns.name());
+    let out = try_add(node, &ns, &container_id, name, netconf)?;
+    let result = out
+        .ok()
+        .with_context(|| format!("ADD {name}; agent log:\n{}", agent.log()))?;
+    let address = result["ips"][0]["address"]
+        .as_str()
+        .context("result has no ips[0].address")?;
+    let ip: Ipv4Addr = address
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .with_context(|| format!("bad address {address:?}"))?;
+    let mac = result["interfaces"]
+        .as_array()
+        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
+        .and_then(|i| i["mac"].as_str())
+        .context("result has no pod interface")?
+        .to_ascii_lowercase();
+    Ok(Pod {
+        ns,
+        name: name.to_owned(),
+        container_id,
+        mac,
+        ip,
+        netconf: netconf.clone(),
+    })
+}
+
+/// ADD of pod `default/<name>` in a new pod namespace.
+pub fn add(node: &Node, agent: &Agent, name: &str, netconf: &Value) -> Result<Pod> {
+    let ns = node.pod_netns(name)?;
+    add_in(node, agent, ns, name, netconf)
+}
+
+/// DEL of `pod`, which must succeed.
+pub fn del(node: &Node, agent: &Agent, pod: &Pod) -> Result<()> {
+    let call = CniCall::new(
+        "DEL",
+        &pod.container_id,
+        Some(pod.ns.path()),
+        pod.netconf.clone(),
+    )
+    .in_netns(node.path());
+    cni(&lanlink_lab::bin_dir(), &call)?
+        .ok()
+        .map(drop)
+        .with_context(|| format!("DEL {}; agent log:\n{}", pod.name, agent.log()))
+}
+
+/// `GET <path>` on the agent's socket (as `curl --unix-socket` would), JSON body.
+pub fn api_get(agent: &Agent, path: &str) -> Result<Value> {
+    let mut s = UnixStream::connect(agent.socket()).context("connect to the agent's socket")?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: lanlink\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).context("read the answer")?;
+    let text = String::from_utf8_lossy(&raw);
+    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
+    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
+    ensure!(
+        !head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked"),
+        "chunked answer to GET {path}"
+    );
+    serde_json::from_str(body).with_context(|| format!("GET {path}: body {body:?}"))
+}
+
+/// The lease of `container_id` as `GET /v1/leases` shows it.
+pub fn lease_of(agent: &Agent, container_id: &str) -> Result<Value> {
+    let all = api_get(agent, "/v1/leases")?;
+    all.as_array()
+        .context("/v1/leases is not an array")?
+        .iter()
+        .find(|l| l["containerId"] == container_id)
+        .cloned()
+        .with_context(|| format!("no lease for {container_id} in {all}"))
+}
+
+/// The DHCP lease events (`GET /v1/dhcp`, `events`).
+pub fn events(agent: &Agent) -> Result<Value> {
+    Ok(api_get(agent, "/v1/dhcp")?["events"].clone())
+}
+
+/// A field of `v` as u64 (0 when absent, so a missing counter fails the
+/// comparisons that use it).
+pub fn num(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap_or(0)
+}
+
+/// The `flags` of the pinned `EP_BY_IF` entry for `ifindex` (bpftool).
+pub fn endpoint_flags(pin_dir: &Path, ifindex: u64) -> Result<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "dump", "pinned"])
+        .arg(pin_dir.join("EP_BY_IF"))
+        .output()
+        .context("run bpftool")?;
+    ensure!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool -j output")?;
+    for e in v.as_array().context("bpftool output is not an array")? {
+        // With BTF the entry is readable as is (or under "formatted").
+        let e = if e["formatted"].is_object() {
+            &e["formatted"]
+        } else {
+            e
+        };
+        if e["key"].as_u64() == Some(ifindex) {
+            return e["value"]["flags"]
+                .as_u64()
+                .with_context(|| format!("no flags in {e}"));
+        }
+    }
+    bail!("no EP_BY_IF entry for ifindex {ifindex} in {v}")
+}
+
+/// The host veth ifindex of `container_id` (`GET /v1/endpoints`).
+pub fn host_ifindex(agent: &Agent, container_id: &str) -> Result<u64> {
+    let all = api_get(agent, "/v1/endpoints")?;
+    all.as_array()
+        .context("/v1/endpoints is not an array")?
+        .iter()
+        .find(|e| e["containerId"] == container_id)
+        .and_then(|e| e["hostIfindex"].as_u64())
+        .with_context(|| format!("no endpoint {container_id} in {all}"))
+}
+
+/// Polls `f` every 50 ms until it yields a value or `timeout` passes.
+pub fn wait_for<T>(
+    timeout: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Now, in (fractional) unix seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Lines of `log` that contain every one of `words`.
+pub fn count_lines(log: &str, words: &[&str]) -> usize {
+    log.lines()
+        .filter(|l| words.iter().all(|w| l.contains(w)))
+        .count()
+}
+
+/// The IPv4 addresses on `eth0` in `ns` (`ip -4 -o addr`).
+pub fn pod_addresses(ns: &NetNs) -> Result<String> {
+    ns.ip(&["-4", "-o", "addr", "show", "dev", "eth0"])
+}

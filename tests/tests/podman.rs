@@ -1,0 +1,213 @@
+//! A real container runtime on a lanlink network: podman (CNI backend) runs
+//! containers whose interface lanlink makes; each gets a lease from the
+//! lab's dnsmasq, reaches the LAN router and is reached from the LAN, and
+//! `podman rm` — or the container exiting under `--rm` — releases the lease
+//! and removes the veth, the map entries and podman's namespace.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use lanlink_lab::podman::Podman;
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, cmd, ping};
+use serde_json::{Value, json};
+
+const ROUTER: Ipv4Addr = lanlink_lab::ROUTER;
+const PODMAN_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The agent's endpoints, as `curl --unix-socket` shows them.
+fn endpoints(agent: &Agent) -> Result<Value> {
+    let out = cmd::run_ok(
+        std::process::Command::new("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "--unix-socket"])
+            .arg(agent.socket())
+            .arg("http://localhost/v1/endpoints"),
+        Duration::from_secs(15),
+    )?;
+    serde_json::from_str(&out).context("endpoints JSON")
+}
+
+/// The MAC and IPv4 the container's shell printed (`cat address`, then
+/// `ip -4 -o addr show dev eth0`).
+fn parse_identity(text: &str) -> Result<(String, Ipv4Addr)> {
+    let mac = text
+        .lines()
+        .map(str::trim)
+        .find(|l| l.len() == 17 && l.bytes().filter(|b| *b == b':').count() == 5)
+        .with_context(|| format!("no MAC in {text:?}"))?
+        .to_ascii_lowercase();
+    let ip = text
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .and_then(|ip| ip.parse().ok())
+        .with_context(|| format!("no IPv4 in {text:?}"))?;
+    Ok((mac, ip))
+}
+
+fn lanlink_veths(node: &Node) -> Result<Vec<String>> {
+    let links = node.ns().ip(&["-o", "link", "show", "type", "veth"])?;
+    Ok(links
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
+        .filter(|n| n.starts_with("ll"))
+        .collect())
+}
+
+#[test]
+fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
+    lanlink_lab::require_root();
+    for tool in [
+        "/usr/bin/podman",
+        "/usr/sbin/runc",
+        "/usr/bin/conmon",
+        "/bin/busybox",
+    ] {
+        ensure!(
+            Path::new(tool).exists(),
+            "{tool} is missing: run `cargo xtask setup` (podman, runc, busybox-static)"
+        );
+    }
+    let lan = Lan::new(LanOptions::default())?;
+    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
+    let agent = Agent::start(&node, AgentOptions::default())?;
+    let podman = Podman::new(
+        &node,
+        "lanlink-lan",
+        json!({
+            "type": "lanlink",
+            "uplink": "eth0",
+            "mode": "primary",
+            "socketPath": agent.socket(),
+        }),
+    )?;
+    let network_results = |podman: &Podman| -> Vec<String> {
+        std::fs::read_dir("/var/lib/cni/results")
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| n.starts_with(&format!("{}-", podman.network())))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+
+    // 1. A detached container: leased, on the LAN both ways; `podman rm`
+    //    releases it.
+    let mut args = podman.run_args();
+    args.splice(1..1, ["-d".to_string(), "--name".into(), "web".into()]);
+    args.extend(["sleep".into(), "60".into()]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let started = podman.run(&argv, PODMAN_TIMEOUT)?;
+    ensure!(
+        started.status.success(),
+        "podman run -d failed: {}\nagent log:\n{}",
+        String::from_utf8_lossy(&started.stderr),
+        agent.log()
+    );
+    let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
+    let sandbox = podman.sandbox("web")?;
+    let inside = podman.run_ok(
+        &[
+            "exec",
+            "web",
+            "sh",
+            "-c",
+            "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0",
+        ],
+        PODMAN_TIMEOUT,
+    )?;
+    let (mac, ip) = parse_identity(&inside)?;
+    let lease = lan.wait_for_lease(&mac, Duration::from_secs(5))?;
+    ensure!(
+        lease.ip == ip,
+        "dnsmasq leased {} to {mac}, the container has {ip}",
+        lease.ip
+    );
+    let eps = endpoints(&agent)?;
+    ensure!(
+        eps.as_array().is_some_and(|e| e.len() == 1)
+            && eps[0]["containerId"] == id
+            && eps[0]["netns"] == sandbox.display().to_string()
+            && eps[0]["mac"] == mac,
+        "the agent's endpoints: {eps}"
+    );
+    let pinged = podman.run_ok(
+        &[
+            "exec",
+            "web",
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "2",
+            &ROUTER.to_string(),
+        ],
+        PODMAN_TIMEOUT,
+    )?;
+    ensure!(
+        pinged.contains("3 packets received"),
+        "container → router: {pinged}"
+    );
+    let p = ping(lan.ns(), ip, 3, Duration::from_secs(5))?;
+    ensure!(p.all_received(), "LAN router → container: {}", p.summary);
+
+    podman.run_ok(&["rm", "--force", "--time", "0", "web"], PODMAN_TIMEOUT)?;
+    lan.wait_for_no_lease(&mac, Duration::from_secs(5))
+        .context("podman rm did not release the lease")?;
+    ensure!(
+        endpoints(&agent)? == json!([]),
+        "endpoints after rm: {}",
+        endpoints(&agent)?
+    );
+    ensure!(lanlink_veths(&node)?.is_empty(), "veth left after rm");
+    ensure!(!sandbox.exists(), "{} left after rm", sandbox.display());
+    ensure!(
+        lan.dhcp_log()
+            .contains(&format!("DHCPRELEASE(br0) {ip} {mac}")),
+        "no DHCPRELEASE for {ip} in dnsmasq's log"
+    );
+
+    // 2. A container that runs and exits under `--rm`: its own output shows
+    //    the lease and a LAN ping; its exit releases the lease.
+    let mut args = podman.run_args();
+    args.insert(1, "--rm".into());
+    args.extend([
+        "sh".into(),
+        "-c".into(),
+        format!(
+            "cat /sys/class/net/eth0/address; ip -4 -o addr show dev eth0; \
+             ping -c 3 -W 2 {ROUTER}"
+        ),
+    ]);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = podman.run_ok(&argv, PODMAN_TIMEOUT)?;
+    let (mac, ip) = parse_identity(&out)?;
+    ensure!(
+        out.contains("3 packets received"),
+        "container → router: {out}"
+    );
+    ensure!(
+        lan.dhcp_log().contains(&format!("DHCPACK(br0) {ip} {mac}")),
+        "dnsmasq did not lease {ip} to {mac}"
+    );
+    lan.wait_for_no_lease(&mac, Duration::from_secs(5))
+        .context("the container's exit did not release the lease")?;
+    ensure!(endpoints(&agent)? == json!([]));
+    ensure!(lanlink_veths(&node)?.is_empty());
+
+    // Nothing of podman's is left: containers, libcni's cached results, the
+    // containers' cgroups.
+    let ps = podman.run_ok(&["ps", "--all", "--quiet"], PODMAN_TIMEOUT)?;
+    ensure!(ps.trim().is_empty(), "containers left: {ps}");
+    ensure!(
+        network_results(&podman).is_empty(),
+        "libcni results left: {:?}",
+        network_results(&podman)
+    );
+    drop(podman);
+    Ok(())
+}

@@ -1,0 +1,196 @@
+//! Restart without loss (issue 3): forwarding for existing pods goes on
+//! while the agent is SIGKILLed and started again; the new agent re-adopts
+//! the pinned maps and swaps its programs into the pinned TCX links.
+
+use std::net::Ipv4Addr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use lanlink_lab::cleanup::LabDir;
+use lanlink_lab::pods::{self, add_pod};
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, NetNs, Node};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+const LAB_NET: &str = env!("CARGO_BIN_EXE_lab-net");
+
+/// Pings at 20/s for 10 s (200 requests), in the background.
+fn start_ping(ns: &NetNs, dst: Ipv4Addr, log: &Path) -> Result<lanlink_lab::cmd::BgProcess> {
+    ns.spawn_logged(
+        &[
+            "ping",
+            "-n",
+            "-q",
+            "-i",
+            "0.05",
+            "-c",
+            "200",
+            "-w",
+            "20",
+            &dst.to_string(),
+        ],
+        log,
+    )
+}
+
+fn finish_ping(
+    mut p: lanlink_lab::cmd::BgProcess,
+    log: &Path,
+    what: &str,
+) -> Result<lanlink_lab::PingStats> {
+    p.wait_timeout(Duration::from_secs(25))?
+        .with_context(|| format!("{what}: ping did not end"))?;
+    let text = std::fs::read_to_string(log)?;
+    lanlink_lab::ping::parse_ping(&text).with_context(|| format!("{what}: no statistics in {text}"))
+}
+
+/// The program id a pinned link runs (`bpftool link show pinned`).
+fn link_prog_id(pin: &Path) -> Result<u64> {
+    let out = lanlink_lab::cmd::run_ok(
+        std::process::Command::new("bpftool")
+            .args(["-j", "link", "show", "pinned"])
+            .arg(pin),
+        lanlink_lab::cmd::SHORT,
+    )?;
+    let v: Value = serde_json::from_str(&out)?;
+    v["prog_id"]
+        .as_u64()
+        .with_context(|| format!("no prog_id in {out}"))
+}
+
+/// Acceptance 6: a continuous ping (20/s for 10 s) pod → LAN host, and one
+/// pod → pod on the node, lose nothing while the agent is SIGKILLed, stays
+/// down for a second and starts again. The restarted agent re-adopts the
+/// pinned maps (counters carry on), really swaps new programs into the
+/// pinned links (their program ids change), and serves ADD again.
+#[test]
+fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
+    lanlink_lab::require_root();
+    let lan = Lan::new(LanOptions::default())?;
+    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
+    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
+    let mut agent = Agent::start(&node, AgentOptions::default())?;
+    let p1 = add_pod(&node, &agent, "p1")?;
+    let p2 = add_pod(&node, &agent, "p2")?;
+    let links = pods::pinned_links(agent.pin_dir())?;
+    ensure!(
+        links.len() == 5,
+        "expected from_lan + 2 × (from_pod, to_pod): {links:?}"
+    );
+    let ids_before: Vec<u64> = links
+        .iter()
+        .map(|l| link_prog_id(&agent.pin_dir().join("links").join(l)))
+        .collect::<Result<_>>()?;
+
+    let dir = LabDir::new("pings")?;
+    let (log1, log2) = (dir.path().join("p1.log"), dir.path().join("p2.log"));
+    let ping1 = start_ping(&p1.ns, host.ip(), &log1)?;
+    let ping2 = start_ping(&p2.ns, p1.ip()?, &log2)?;
+    // And a broadcast stream from the LAN (fan-out through FLOOD), 20/s.
+    let bcast = lanlink_lab::traffic::Tool::spawn(
+        &p2.ns,
+        Path::new(LAB_NET),
+        &[
+            "udp-recv",
+            "--bind",
+            "0.0.0.0:9999",
+            "--count",
+            "200",
+            "--timeout-ms",
+            "16000",
+        ],
+    )?;
+    let mut sender = host.ns().spawn(&[
+        LAB_NET,
+        "udp-send",
+        "--to",
+        "198.18.0.255:9999",
+        "--text",
+        "restart-broadcast",
+        "--count",
+        "200",
+        "--interval-ms",
+        "50",
+    ])?;
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill(Signal::SIGKILL)?;
+    ensure!(!agent.is_running());
+    std::thread::sleep(Duration::from_secs(1));
+    let counted_while_down = pods::stats(&agent)?;
+    agent.restart()?;
+    let s1 = finish_ping(ping1, &log1, "p1 → LAN host")?;
+    let s2 = finish_ping(ping2, &log2, "p2 → p1")?;
+    eprintln!("across SIGKILL + restart:\n{}\n{}", s1.summary, s2.summary);
+    sender.wait_timeout(Duration::from_secs(10))?;
+    let got = bcast.finish(Duration::from_secs(10))?;
+    ensure!(
+        got.len() == 200 && got.iter().all(|g| g.data == b"restart-broadcast"),
+        "p2 got {} of 200 LAN broadcasts across the restart",
+        got.len()
+    );
+    ensure!(
+        s1.transmitted == 200 && s1.all_received(),
+        "p1 → LAN host across the restart: {}",
+        s1.summary
+    );
+    ensure!(
+        s2.transmitted == 200 && s2.all_received(),
+        "p2 → p1 across the restart: {}",
+        s2.summary
+    );
+
+    // Re-adopted, not rebuilt: the same pins, the counters carried on, and
+    // new programs run in the old links.
+    let status = lanlink_lab::cmd::run_ok(
+        std::process::Command::new(lanlink_lab::bin_dir().join("lanlinkd"))
+            .args(["status", "--json", "--socket"])
+            .arg(agent.socket()),
+        lanlink_lab::cmd::SHORT,
+    )?;
+    let status: Value = serde_json::from_str(&status)?;
+    ensure!(status["adopted"] == true, "status after restart: {status}");
+    ensure!(status["endpoints"] == 2, "status after restart: {status}");
+    ensure!(pods::pinned_links(agent.pin_dir())? == links);
+    let ids_after: Vec<u64> = links
+        .iter()
+        .map(|l| link_prog_id(&agent.pin_dir().join("links").join(l)))
+        .collect::<Result<_>>()?;
+    for (i, l) in links.iter().enumerate() {
+        ensure!(
+            ids_after[i] != ids_before[i],
+            "{l} still runs program {} after the restart",
+            ids_before[i]
+        );
+    }
+    let after = pods::stats(&agent)?;
+    pods::ensure_grew(&counted_while_down, &after, "redirect_uplink", 1)?;
+    ensure!(
+        counted_while_down["redirect_uplink"] >= 20,
+        "forwarding was not counted while the agent was down: {counted_while_down:?}"
+    );
+    ensure!(
+        after
+            .iter()
+            .all(|(k, v)| !k.starts_with("drop_") || *v == 0),
+        "drops: {after:?}"
+    );
+
+    // The restarted agent works: a new pod and the old ones talk.
+    let p3 = add_pod(&node, &agent, "p3")?;
+    let p = lanlink_lab::ping(&p3.ns, p1.ip()?, 3, Duration::from_secs(5))?;
+    ensure!(p.all_received(), "p3 → p1 after the restart: {}", p.summary);
+
+    // A graceful restart (SIGTERM, as a rolling update does) is hitless too.
+    let log3 = dir.path().join("p3.log");
+    let ping3 = start_ping(&p3.ns, host.ip(), &log3)?;
+    std::thread::sleep(Duration::from_secs(2));
+    agent.restart()?;
+    let s3 = finish_ping(ping3, &log3, "p3 → LAN host")?;
+    ensure!(
+        s3.transmitted == 200 && s3.all_received(),
+        "p3 → LAN host across a SIGTERM restart: {}",
+        s3.summary
+    );
+    Ok(())
+}
