@@ -67,6 +67,18 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// [`Agent::start`] with the default options plus `args` on the agent's
+    /// command line.
+    pub fn start_with_args(node: &Node, args: &[&str]) -> Result<Self> {
+        Self::start(
+            node,
+            AgentOptions {
+                extra_args: args.iter().map(|a| a.to_string()).collect(),
+                ..AgentOptions::default()
+            },
+        )
+    }
+
     /// Starts the agent in `node` and waits until its socket accepts a
     /// connection (failing with the agent's log if it exits or times out).
     pub fn start(node: &Node, opts: AgentOptions) -> Result<Self> {

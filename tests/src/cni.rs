@@ -83,6 +83,16 @@ pub struct CniOutput {
     pub stderr: String,
 }
 
+impl From<std::process::Output> for CniOutput {
+    fn from(out: std::process::Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl CniOutput {
     /// Exit code 0.
     pub fn success(&self) -> bool {
@@ -124,47 +134,8 @@ pub fn cni(bin_dir: &Path, call: &CniCall) -> Result<CniOutput> {
             plugin.display()
         );
     }
-    let mut c = match &call.runtime_netns {
-        Some(ns) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", ns.display()))
-                .arg("--")
-                .arg(&plugin);
-            c
-        }
-        None => Command::new(&plugin),
-    };
-    c.env_clear()
-        .env(
-            "PATH",
-            std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
-        )
-        .env("CNI_COMMAND", &call.command)
-        .env("CNI_CONTAINERID", &call.container_id)
-        .env("CNI_IFNAME", &call.ifname)
-        .env("CNI_ARGS", &call.args)
-        .env(
-            "CNI_PATH",
-            call.path
-                .clone()
-                .unwrap_or_else(|| bin_dir.display().to_string()),
-        );
-    if let Some(netns) = &call.netns {
-        c.env("CNI_NETNS", netns);
-    }
-    for key in ["RUST_LOG", "RUST_BACKTRACE"] {
-        if let Some(v) = std::env::var_os(key) {
-            c.env(key, v);
-        }
-    }
-    let stdin = serde_json::to_vec(&call.netconf).context("cannot serialise the netconf")?;
-    let out = cmd::run_with_stdin(&mut c, Some(&stdin), call.timeout)
-        .with_context(|| format!("CNI {} of {}", call.command, call.container_id))?;
-    Ok(CniOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    exec(&plugin, bin_dir, call)
+        .with_context(|| format!("CNI {} of {}", call.command, call.container_id))
 }
 
 /// Runs any CNI plugin binary (`plugin`, e.g. `/usr/lib/cni/bridge`) with
@@ -177,6 +148,19 @@ pub fn cni_exec(plugin: &Path, call: &CniCall) -> Result<CniOutput> {
         bail!("CNI plugin {} not found", plugin.display());
     }
     let plugin_dir = plugin.parent().unwrap_or(Path::new("/"));
+    exec(plugin, plugin_dir, call).with_context(|| {
+        format!(
+            "CNI {} of {} with {}",
+            call.command,
+            call.container_id,
+            plugin.display()
+        )
+    })
+}
+
+/// Runs `plugin` with `call` in a cleared environment; `CNI_PATH` defaults
+/// to `default_path`.
+fn exec(plugin: &Path, default_path: &Path, call: &CniCall) -> Result<CniOutput> {
     let mut c = match &call.runtime_netns {
         Some(ns) => {
             let mut c = Command::new("nsenter");
@@ -200,7 +184,7 @@ pub fn cni_exec(plugin: &Path, call: &CniCall) -> Result<CniOutput> {
             "CNI_PATH",
             call.path
                 .clone()
-                .unwrap_or_else(|| plugin_dir.display().to_string()),
+                .unwrap_or_else(|| default_path.display().to_string()),
         );
     if let Some(netns) = &call.netns {
         c.env("CNI_NETNS", netns);
@@ -211,19 +195,7 @@ pub fn cni_exec(plugin: &Path, call: &CniCall) -> Result<CniOutput> {
         }
     }
     let stdin = serde_json::to_vec(&call.netconf).context("cannot serialise the netconf")?;
-    let out = cmd::run_with_stdin(&mut c, Some(&stdin), call.timeout).with_context(|| {
-        format!(
-            "CNI {} of {} with {}",
-            call.command,
-            call.container_id,
-            plugin.display()
-        )
-    })?;
-    Ok(CniOutput {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    Ok(cmd::run_with_stdin(&mut c, Some(&stdin), call.timeout)?.into())
 }
 
 /// A netconf for the lab: network `lanlink-lab`, type `lanlink`, CNI 1.1.0,

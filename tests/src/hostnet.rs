@@ -11,11 +11,12 @@ use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
 use crate::agent::Agent;
+use crate::bin_dir;
 use crate::cmd;
-use crate::cni::{CniCall, cni};
+use crate::cni::cni;
 use crate::netns::NetNs;
 use crate::node::Node;
-use crate::{AGENT_BIN, bin_dir};
+use crate::pods::{add_call, result_ip, result_mac};
 
 /// The service CIDR of the host-integration tests (inside the lab range,
 /// outside the LAN).
@@ -84,24 +85,12 @@ pub fn attach(
     netconf: Value,
 ) -> Result<Attachment> {
     let container_id = format!("{}-{name}", pod.name());
-    let call = CniCall::new("ADD", &container_id, Some(pod.path()), netconf.clone())
-        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
-        .with_ifname(ifname)
-        .in_netns(node.path());
+    let call = add_call(node, pod, &container_id, name, &netconf).with_ifname(ifname);
     let result = cni(&bin_dir(), &call)?
         .ok()
         .with_context(|| format!("ADD {name}/{ifname}; agent log:\n{}", agent.log()))?;
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no address in the result {result}"))?;
-    let mac = result["interfaces"]
-        .as_array()
-        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
-        .and_then(|i| i["mac"].as_str())
-        .with_context(|| format!("no pod interface in the result {result}"))?
-        .to_ascii_lowercase();
+    let ip = result_ip(&result)?.with_context(|| format!("no address in the result {result}"))?;
+    let mac = result_mac(&result)?.to_ascii_lowercase();
     Ok(Attachment {
         container_id,
         ifname: ifname.to_owned(),
@@ -144,28 +133,7 @@ impl Pod {
 
 /// The agent's verdict counters (`lanlinkd stats --json`, read from the
 /// pinned map when the agent is down): label → packets.
-pub fn stats(agent: &Agent) -> Result<BTreeMap<String, u64>> {
-    let mut c = Command::new(bin_dir().join(AGENT_BIN));
-    c.args(["stats", "--json", "--socket"])
-        .arg(agent.socket())
-        .arg("--pin-dir")
-        .arg(agent.pin_dir());
-    let out = cmd::run_ok(&mut c, cmd::SHORT).context("lanlinkd stats --json")?;
-    let rows: Value = serde_json::from_str(&out).context("stats JSON")?;
-    rows.as_array()
-        .context("stats JSON is not an array")?
-        .iter()
-        .map(|r| {
-            Ok((
-                r["verdict"]
-                    .as_str()
-                    .context("row without verdict")?
-                    .to_owned(),
-                r["packets"].as_u64().context("row without packets")?,
-            ))
-        })
-        .collect()
-}
+pub use crate::pods::stats;
 
 /// A verdict counter (0 when absent).
 pub fn counter(stats: &BTreeMap<String, u64>, verdict: &str) -> u64 {
@@ -174,13 +142,10 @@ pub fn counter(stats: &BTreeMap<String, u64>, verdict: &str) -> u64 {
 
 /// `bpftool -j map dump pinned <pin_dir>/<map>`: the entries.
 pub fn map_dump(pin_dir: &Path, map: &str) -> Result<Vec<Value>> {
-    let mut c = Command::new("bpftool");
-    c.args(["-j", "map", "dump", "pinned"])
-        .arg(pin_dir.join(map));
-    let out = cmd::run_ok(&mut c, cmd::SHORT).with_context(|| format!("bpftool dump {map}"))?;
-    let v: Value =
-        serde_json::from_str(&out).with_context(|| format!("bpftool output for {map}"))?;
-    Ok(v.as_array().cloned().unwrap_or_default())
+    Ok(crate::pods::map_dump(pin_dir, map)?
+        .as_array()
+        .cloned()
+        .unwrap_or_default())
 }
 
 /// `bpftool -j map show pinned <pin_dir>/<map>`: type, max_entries, …

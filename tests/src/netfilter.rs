@@ -80,6 +80,20 @@ fn hash(s: &str) -> String {
     format!("{h:016X}")
 }
 
+/// The `-m statistic` match of endpoint `i` of `n` (as kube-proxy writes
+/// it): each takes an equal share of what the ones before left, and the last
+/// takes the rest, so it needs none.
+fn probability(i: usize, n: usize) -> String {
+    if i + 1 < n {
+        format!(
+            " -m statistic --mode random --probability {:.11}",
+            1.0 / (n - i) as f64
+        )
+    } else {
+        String::new()
+    }
+}
+
 impl KubeProxy {
     /// The `iptables-restore --noflush` input.
     pub fn rules(&self) -> String {
@@ -124,15 +138,7 @@ impl KubeProxy {
                 );
                 chains.push(sep.clone());
                 let to = format!("{}:{}", ep.ip, ep.port);
-                // The last endpoint takes what is left; the others a share.
-                let prob = if i + 1 < n {
-                    format!(
-                        " -m statistic --mode random --probability {:.11}",
-                        1.0 / (n - i) as f64
-                    )
-                } else {
-                    String::new()
-                };
+                let prob = probability(i, n);
                 r.push(format!(
                     r#"-A {svc_chain} -m comment --comment "{name} -> {to}"{prob} -j {sep}"#
                 ));
@@ -182,14 +188,7 @@ impl KubeProxy {
                     r.push(format!("-A {ext_chain} -j {svl_chain}"));
                     let n = local_seps.len();
                     for (i, (sep, to)) in local_seps.iter().enumerate() {
-                        let prob = if i + 1 < n {
-                            format!(
-                                " -m statistic --mode random --probability {:.11}",
-                                1.0 / (n - i) as f64
-                            )
-                        } else {
-                            String::new()
-                        };
+                        let prob = probability(i, n);
                         r.push(format!(
                             r#"-A {svl_chain} -m comment --comment "{name} -> {to}"{prob} -j {sep}"#
                         ));

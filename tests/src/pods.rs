@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::agent::Agent;
 use crate::cmd;
-use crate::cni::{CniCall, cni, lab_netconf};
+use crate::cni::{CniCall, CniOutput, cni, lab_netconf};
 use crate::netns::NetNs;
 use crate::node::Node;
 use crate::{AGENT_BIN, bin_dir};
@@ -52,29 +52,24 @@ pub fn add_pod(node: &Node, agent: &Agent, name: &str) -> Result<Pod> {
 /// namespace as its runtime would).
 pub fn add_pod_with(node: &Node, agent: &Agent, name: &str, netconf: Value) -> Result<Pod> {
     let ns = node.pod_netns(name)?;
+    add_pod_in(node, agent, ns, name, netconf)
+}
+
+/// Adds pod `name` on `node` in `ns`, a namespace the test made, with
+/// `netconf`; the ADD must succeed.
+pub fn add_pod_in(
+    node: &Node,
+    agent: &Agent,
+    ns: NetNs,
+    name: &str,
+    netconf: Value,
+) -> Result<Pod> {
     let container_id = format!("{}-{name}", ns.name());
-    let call = CniCall::new("ADD", &container_id, Some(ns.path()), netconf.clone())
-        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
-        .in_netns(node.path());
-    let result = cni(&bin_dir(), &call)?
+    let result = try_add(node, &ns, &container_id, name, &netconf)?
         .ok()
         .with_context(|| format!("ADD {name}; agent log:\n{}", agent.log()))?;
-    let ip = match result["ips"][0]["address"].as_str() {
-        Some(a) => Some(
-            a.split('/')
-                .next()
-                .unwrap_or_default()
-                .parse()
-                .with_context(|| format!("bad address {a:?}"))?,
-        ),
-        None => None,
-    };
-    let mac = result["interfaces"]
-        .as_array()
-        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
-        .and_then(|i| i["mac"].as_str())
-        .context("the result has no pod interface")?
-        .to_ascii_lowercase();
+    let ip = result_ip(&result)?;
+    let mac = result_mac(&result)?.to_ascii_lowercase();
     Ok(Pod {
         ns,
         container_id,
@@ -85,19 +80,75 @@ pub fn add_pod_with(node: &Node, agent: &Agent, name: &str, netconf: Value) -> R
     })
 }
 
+/// The ADD call of pod `default/<name>` in `ns`, run in the node's namespace
+/// as its runtime would.
+pub fn add_call(
+    node: &Node,
+    ns: &NetNs,
+    container_id: &str,
+    name: &str,
+    netconf: &Value,
+) -> CniCall {
+    CniCall::new("ADD", container_id, Some(ns.path()), netconf.clone())
+        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
+        .in_netns(node.path())
+}
+
+/// ADD of pod `default/<name>` in `ns`, whatever its outcome.
+pub fn try_add(
+    node: &Node,
+    ns: &NetNs,
+    container_id: &str,
+    name: &str,
+    netconf: &Value,
+) -> Result<CniOutput> {
+    cni(&bin_dir(), &add_call(node, ns, container_id, name, netconf))
+}
+
+/// The address of `ips[0]` in a CNI result, without its prefix length;
+/// `None` when the result has no address (`ipam: none`).
+pub fn result_ip(result: &Value) -> Result<Option<Ipv4Addr>> {
+    result["ips"][0]["address"]
+        .as_str()
+        .map(|a| {
+            a.split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()
+                .with_context(|| format!("bad address {a:?}"))
+        })
+        .transpose()
+}
+
+/// The MAC of the pod-side interface (the one with a `sandbox`) in a CNI
+/// result, as the result spells it.
+pub fn result_mac(result: &Value) -> Result<&str> {
+    result["interfaces"]
+        .as_array()
+        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
+        .and_then(|i| i["mac"].as_str())
+        .with_context(|| format!("no pod interface in the result {result}"))
+}
+
 /// DEL of `pod` (idempotent on the agent's side).
 pub fn del_pod(node: &Node, agent: &Agent, pod: &Pod) -> Result<()> {
-    let call = CniCall::new(
-        "DEL",
-        &pod.container_id,
-        Some(pod.ns.path()),
-        pod.netconf.clone(),
-    )
-    .in_netns(node.path());
+    del(node, agent, &pod.container_id, &pod.ns, &pod.netconf)
+}
+
+/// DEL of `container_id` in `ns` with `netconf`, which must succeed.
+pub fn del(
+    node: &Node,
+    agent: &Agent,
+    container_id: &str,
+    ns: &NetNs,
+    netconf: &Value,
+) -> Result<()> {
+    let call =
+        CniCall::new("DEL", container_id, Some(ns.path()), netconf.clone()).in_netns(node.path());
     cni(&bin_dir(), &call)?
         .ok()
         .map(drop)
-        .with_context(|| format!("DEL {}; agent log:\n{}", pod.container_id, agent.log()))
+        .with_context(|| format!("DEL {container_id}; agent log:\n{}", agent.log()))
 }
 
 /// The agent's verdict counters (`lanlinkd stats --json`): label → packets.

@@ -130,6 +130,48 @@ pub fn run(ns: &NetNs, bin: &Path, args: &[&str], timeout: Duration) -> Result<S
         .with_context(|| format!("lab-net {} in {}", args.join(" "), ns.name()))
 }
 
+/// `lab-net tcp-serve` in `server` on `port`, for at most `timeout_ms`.
+fn tcp_serve(bin: &Path, server: &NetNs, port: u16, timeout_ms: &str) -> Result<Tool> {
+    Tool::spawn(
+        server,
+        bin,
+        &[
+            "tcp-serve",
+            "--port",
+            &port.to_string(),
+            "--timeout-ms",
+            timeout_ms,
+        ],
+    )
+}
+
+/// `lab-net tcp-connect` from `client` to `to` with `payload` (`--text t`
+/// or `--bytes n`), for at most `timeout_ms`, killed after `limit`.
+fn tcp_connect(
+    bin: &Path,
+    client: &NetNs,
+    to: &str,
+    payload: [&str; 2],
+    timeout_ms: &str,
+    limit: Duration,
+) -> Result<String> {
+    let [flag, value] = payload;
+    run(
+        client,
+        bin,
+        &[
+            "tcp-connect",
+            "--to",
+            to,
+            flag,
+            value,
+            "--timeout-ms",
+            timeout_ms,
+        ],
+        limit,
+    )
+}
+
 /// A TCP exchange: `lab-net tcp-serve` in `server` on `port`, then
 /// `tcp-connect` from `client` to `ip:port` with `text`; succeeds when the
 /// client got the server's `ack:<text>` and the server saw the text.
@@ -141,30 +183,14 @@ pub fn tcp_exchange(
     port: u16,
     text: &str,
 ) -> Result<()> {
-    let srv = Tool::spawn(
-        server,
-        bin,
-        &[
-            "tcp-serve",
-            "--port",
-            &port.to_string(),
-            "--timeout-ms",
-            "8000",
-        ],
-    )?;
+    let srv = tcp_serve(bin, server, port, "8000")?;
     let to = format!("{ip}:{port}");
-    let reply = run(
-        client,
+    let reply = tcp_connect(
         bin,
-        &[
-            "tcp-connect",
-            "--to",
-            &to,
-            "--text",
-            text,
-            "--timeout-ms",
-            "5000",
-        ],
+        client,
+        &to,
+        ["--text", text],
+        "5000",
         Duration::from_secs(10),
     );
     let got = srv.finish(Duration::from_secs(10))?;
@@ -193,30 +219,14 @@ pub fn tcp_bulk(
     port: u16,
     bytes: usize,
 ) -> Result<()> {
-    let srv = Tool::spawn(
-        server,
-        bin,
-        &[
-            "tcp-serve",
-            "--port",
-            &port.to_string(),
-            "--timeout-ms",
-            "10000",
-        ],
-    )?;
+    let srv = tcp_serve(bin, server, port, "10000")?;
     let to = format!("{ip}:{port}");
-    let reply = run(
-        client,
+    let reply = tcp_connect(
         bin,
-        &[
-            "tcp-connect",
-            "--to",
-            &to,
-            "--bytes",
-            &bytes.to_string(),
-            "--timeout-ms",
-            "8000",
-        ],
+        client,
+        &to,
+        ["--bytes", &bytes.to_string()],
+        "8000",
         Duration::from_secs(12),
     );
     let got = srv.finish(Duration::from_secs(12))?;

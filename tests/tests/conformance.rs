@@ -16,7 +16,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, NetNs, Node, bin_dir, cmd, ping};
+use lanlink_lab::pods::{self, host_veths, result_ip};
+use lanlink_lab::{
+    Agent, AgentOptions, CniOutput, Lan, LanOptions, NetNs, Node, bin_dir, cmd, ping,
+};
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
 
@@ -49,37 +52,23 @@ fn lab() -> Result<Lab> {
 }
 
 /// What a plugin did.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
+type Out = CniOutput;
+
+/// The checks on a plugin's output that only conformance needs.
+trait OutExt {
+    /// Success with nothing on stdout (DEL, CHECK, STATUS, GC).
+    fn ok_silent(&self) -> Result<()>;
+    /// A CNI error object with `code`, whose `msg` contains `msg_part`.
+    fn error(&self, code: u64, msg_part: &str) -> Result<Value>;
 }
 
-impl Out {
-    /// The result on success (`Null` for an empty stdout).
-    fn ok(&self) -> Result<Value> {
-        ensure!(
-            self.code == 0,
-            "plugin exited {}: {} (stderr: {})",
-            self.code,
-            self.stdout.trim(),
-            self.stderr.trim()
-        );
-        if self.stdout.trim().is_empty() {
-            return Ok(Value::Null);
-        }
-        serde_json::from_str(&self.stdout).context("stdout is not JSON")
-    }
-
-    /// Success with nothing on stdout (DEL, CHECK, STATUS, GC).
+impl OutExt for Out {
     fn ok_silent(&self) -> Result<()> {
         let v = self.ok()?;
         ensure!(v.is_null(), "expected no output, got {v}");
         Ok(())
     }
 
-    /// A CNI error object with `code`, whose `msg` contains `msg_part`.
     fn error(&self, code: u64, msg_part: &str) -> Result<Value> {
         ensure!(
             self.code != 0,
@@ -136,12 +125,7 @@ fn exec_plugin(node: &Node, plugin: &Path, env: &[(String, String)], stdin: &[u8
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = cmd::run_with_stdin(&mut c, Some(stdin), Duration::from_secs(60))?;
-    Ok(Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    })
+    Ok(cmd::run_with_stdin(&mut c, Some(stdin), Duration::from_secs(60))?.into())
 }
 
 fn lanlink(node: &Node, env: &[(String, String)], stdin: &[u8]) -> Result<Out> {
@@ -196,11 +180,7 @@ fn add(lab: &Lab, name: &str, conf: &Value) -> Result<Pod> {
     let result = verb(lab, "ADD", &id, Some(ns.path()), conf)?
         .ok()
         .with_context(|| format!("ADD {name}; agent log:\n{}", lab.agent.log()))?;
-    let ip = result["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .and_then(|a| a.parse().ok())
-        .with_context(|| format!("no ips[0].address in {result}"))?;
+    let ip = result_ip(&result)?.with_context(|| format!("no ips[0].address in {result}"))?;
     let pod_if = |sandbox: bool| {
         result["interfaces"]
             .as_array()
@@ -225,33 +205,7 @@ fn add(lab: &Lab, name: &str, conf: &Value) -> Result<Pod> {
 
 /// Entries of a pinned map, through bpftool.
 fn map_entries(agent: &Agent, map: &str) -> Result<usize> {
-    let out = cmd::run_ok(
-        Command::new("bpftool")
-            .args(["-j", "map", "dump", "pinned"])
-            .arg(agent.pin_dir().join(map)),
-        cmd::SHORT,
-    )?;
-    let v: Value = serde_json::from_str(&out).context("bpftool -j output")?;
-    Ok(v.as_array().map_or(0, Vec::len))
-}
-
-/// The lanlink host veths on the node.
-fn host_veths(node: &Node) -> Result<Vec<String>> {
-    let links = node.ns().ip(&["-o", "link", "show", "type", "veth"])?;
-    Ok(links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
-        .filter(|n| n.starts_with("ll"))
-        .collect())
-}
-
-/// The TC links pinned by the agent (the uplink's stays while it runs).
-fn pinned_links(agent: &Agent) -> Result<Vec<String>> {
-    Ok(std::fs::read_dir(agent.pin_dir().join("links"))?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .collect())
+    pods::map_len(agent.pin_dir(), map)
 }
 
 /// Asserts an attachment left nothing behind: veth, map entries, pinned
@@ -278,7 +232,7 @@ fn assert_released(lab: &Lab, host_veth: &str, mac: &str) -> Result<()> {
         "{mac} is still in EP_BY_MAC: {macs}"
     );
     ensure!(
-        !pinned_links(&lab.agent)?
+        !pods::pinned_links(lab.agent.pin_dir())?
             .iter()
             .any(|l| l.ends_with(host_veth)),
         "links of {host_veth} still pinned"

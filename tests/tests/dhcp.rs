@@ -55,16 +55,58 @@ fn ensure_at_t1(before: &Value, after: &Value) -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn dnsmasq_leases_renews_at_t1_and_releases() -> Result<()> {
-    lanlink_lab::require_root();
+/// Waits (≤ `timeout`) for the renewal of the lease `prev` of
+/// `container_id`, which must come at `prev`'s T1; returns the new lease.
+fn renewed_at_t1(
+    agent: &Agent,
+    container_id: &str,
+    prev: &Value,
+    timeout: Duration,
+) -> Result<Value> {
+    let next = wait_renewed(
+        agent,
+        container_id,
+        lease_field(prev, "obtainedAt")?,
+        timeout,
+    )?;
+    ensure_at_t1(prev, &next)?;
+    Ok(next)
+}
+
+/// A dnsmasq LAN with 120 s leases (its shortest) and T1 `t1` seconds, so
+/// that leases renew early, plus `extra_args` for dnsmasq; and a node on it.
+fn dnsmasq_lan(t1: u32, mut extra_args: Vec<String>) -> Result<(Lan, Node)> {
+    extra_args.insert(0, format!("--dhcp-option=option:T1,{t1}"));
     let lan = Lan::new(LanOptions {
         lease_secs: 120,
-        // dnsmasq's shortest lease is 120 s; T1 3 s makes it renew early.
-        extra_args: vec!["--dhcp-option=option:T1,3".into()],
+        extra_args,
         ..LanOptions::default()
     })?;
     let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
+    Ok((lan, node))
+}
+
+/// Waits (≤ `timeout`) until the agent shows the lease of `container_id`
+/// expired; returns when it saw it (unix seconds).
+fn wait_expired(agent: &Agent, container_id: &str, timeout: Duration) -> Result<Option<f64>> {
+    wait_for(timeout, || {
+        let l = lease_of(agent, container_id)?;
+        Ok((l["state"] == "expired").then(unix_now))
+    })
+}
+
+/// Asserts the pinned `EP_BY_IF` entry of `container_id` is marked EXPIRED.
+fn ensure_expired_in_map(agent: &Agent, container_id: &str) -> Result<()> {
+    let ifindex = host_ifindex(agent, container_id)?;
+    let flags = endpoint_flags(agent.pin_dir(), ifindex)?;
+    ensure!(flags & FLAG_EXPIRED != 0, "EP_BY_IF flags {flags:#x}");
+    Ok(())
+}
+
+#[test]
+fn dnsmasq_leases_renews_at_t1_and_releases() -> Result<()> {
+    lanlink_lab::require_root();
+    let (lan, node) = dnsmasq_lan(3, vec![])?;
     let agent = Agent::start(&node, AgentOptions::default())?;
     let pod = add(&node, &agent, "web-0", &netconf(&agent, 5000))?;
 
@@ -94,13 +136,7 @@ fn dnsmasq_leases_renews_at_t1_and_releases() -> Result<()> {
     );
 
     // Renewed at T1, same address, and dnsmasq extended it.
-    let l2 = wait_renewed(
-        &agent,
-        &pod.container_id,
-        lease_field(&l1, "obtainedAt")?,
-        Duration::from_secs(6),
-    )?;
-    ensure_at_t1(&l1, &l2)?;
+    renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(6))?;
     let extended = wait_for(Duration::from_secs(3), || {
         Ok(lan
             .leases()
@@ -200,13 +236,7 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
     );
 
     // Renewed at T1 (4 s): a new row with a later expiry, same address.
-    let l2 = wait_renewed(
-        &agent,
-        &pod.container_id,
-        lease_field(&l1, "obtainedAt")?,
-        Duration::from_secs(6),
-    )?;
-    ensure_at_t1(&l1, &l2)?;
+    let l2 = renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(6))?;
     let rows = wait_for(Duration::from_secs(2), || {
         let rows = kea.leases_of(&pod.mac);
         Ok((rows.len() >= 2).then_some(rows))
@@ -235,11 +265,8 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
         &lan.dir().join("capture.txt"),
     )?;
     let expires_at = lease_field(&l2, "expiresAt")?;
-    let expired = wait_for(Duration::from_secs(14), || {
-        let l = lease_of(&agent, &pod.container_id)?;
-        Ok((l["state"] == "expired").then(unix_now))
-    })?
-    .with_context(|| format!("no expiry; agent log:\n{}", agent.log()))?;
+    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(14))?
+        .with_context(|| format!("no expiry; agent log:\n{}", agent.log()))?;
     // On schedule: not before the lease ends, and soon after.
     eprintln!(
         "expired {:+.2}s from the lease's end",
@@ -260,9 +287,7 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
 
     // Expired: EXPIRED in the map, the address gone from the pod and from
     // the node's routes, the event counted and logged.
-    let ifindex = host_ifindex(&agent, &pod.container_id)?;
-    let flags = endpoint_flags(agent.pin_dir(), ifindex)?;
-    ensure!(flags & FLAG_EXPIRED != 0, "EP_BY_IF flags {flags:#x}");
+    ensure_expired_in_map(&agent, &pod.container_id)?;
     ensure!(
         !pod_addresses(&pod.ns)?.contains(&ip),
         "{}",
@@ -293,15 +318,7 @@ fn a_nak_on_renewal_expires_the_lease_at_once() -> Result<()> {
     let dir = lanlink_lab::cleanup::LabDir::new("hosts")?;
     let hosts = dir.path().join("dhcp-hosts");
     std::fs::write(&hosts, "")?;
-    let lan = Lan::new(LanOptions {
-        lease_secs: 120,
-        extra_args: vec![
-            "--dhcp-option=option:T1,4".into(),
-            format!("--dhcp-hostsfile={}", hosts.display()),
-        ],
-        ..LanOptions::default()
-    })?;
-    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
+    let (lan, node) = dnsmasq_lan(4, vec![format!("--dhcp-hostsfile={}", hosts.display())])?;
     let agent = Agent::start(&node, AgentOptions::default())?;
     let pod = add(&node, &agent, "web-0", &netconf(&agent, 5000))?;
     let l1 = lease_of(&agent, &pod.container_id)?;
@@ -326,11 +343,8 @@ fn a_nak_on_renewal_expires_the_lease_at_once() -> Result<()> {
     ensure!(reread.is_some(), "dnsmasq did not re-read {path}");
 
     let renew_at = lease_field(&l1, "renewAt")?;
-    let expired = wait_for(Duration::from_secs(8), || {
-        let l = lease_of(&agent, &pod.container_id)?;
-        Ok((l["state"] == "expired").then(unix_now))
-    })?
-    .with_context(|| format!("no expiry after the nak; agent log:\n{}", agent.log()))?;
+    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(8))?
+        .with_context(|| format!("no expiry after the nak; agent log:\n{}", agent.log()))?;
     // At once: at T1, not at the end of the 120 s lease.
     eprintln!(
         "expired {:.2}s after T1, on the nak",
@@ -348,8 +362,7 @@ fn a_nak_on_renewal_expires_the_lease_at_once() -> Result<()> {
     );
     let ev = events(&agent)?;
     ensure!(num(&ev, "nak") == 1 && num(&ev, "expired") == 1, "{ev}");
-    let flags = endpoint_flags(agent.pin_dir(), host_ifindex(&agent, &pod.container_id)?)?;
-    ensure!(flags & FLAG_EXPIRED != 0, "EP_BY_IF flags {flags:#x}");
+    ensure_expired_in_map(&agent, &pod.container_id)?;
     ensure!(!pod_addresses(&pod.ns)?.contains(&ip));
     ensure!(agent.log().contains("lease refused"), "{}", agent.log());
     del(&node, &agent, &pod)?;
@@ -359,22 +372,11 @@ fn a_nak_on_renewal_expires_the_lease_at_once() -> Result<()> {
 #[test]
 fn sigkill_between_renewals_resumes_them_without_discover() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions {
-        lease_secs: 120,
-        extra_args: vec!["--dhcp-option=option:T1,5".into()],
-        ..LanOptions::default()
-    })?;
-    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
+    let (lan, node) = dnsmasq_lan(5, vec![])?;
     let mut agent = Agent::start(&node, AgentOptions::default())?;
     let pod = add(&node, &agent, "web-0", &netconf(&agent, 5000))?;
     let l1 = lease_of(&agent, &pod.container_id)?;
-    let l2 = wait_renewed(
-        &agent,
-        &pod.container_id,
-        lease_field(&l1, "obtainedAt")?,
-        Duration::from_secs(8),
-    )?;
-    ensure_at_t1(&l1, &l2)?;
+    let l2 = renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(8))?;
 
     // SIGKILL right after the first renewal: no chance to save anything.
     agent.kill(Signal::SIGKILL)?;
@@ -400,13 +402,7 @@ fn sigkill_between_renewals_resumes_them_without_discover() -> Result<()> {
 
     agent.restart()?;
     // The next renewal comes on the old schedule, same address.
-    let l3 = wait_renewed(
-        &agent,
-        &pod.container_id,
-        lease_field(&l2, "obtainedAt")?,
-        Duration::from_secs(8),
-    )?;
-    ensure_at_t1(&l2, &l3)?;
+    renewed_at_t1(&agent, &pod.container_id, &l2, Duration::from_secs(8))?;
     let log = lan.dhcp_log();
     let after = &log[log_mark.min(log.len())..];
     let ip = pod.ip.to_string();

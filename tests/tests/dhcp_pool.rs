@@ -12,21 +12,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use dhcp_common::*;
+use lanlink_lab::pods::try_add;
 use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ROUTER, ping};
 
 /// Non-multicast `self permanent` entries of the node's `eth0` (the pod
 /// MACs in the uplink's unicast filter).
 fn uc_filter(node: &Node) -> Result<HashSet<String>> {
-    let out = node
-        .ns()
-        .run_ok(&["bridge", "fdb", "show", "dev", "eth0"])?;
-    Ok(out
-        .lines()
-        .filter(|l| l.contains("self") && l.contains("permanent"))
-        .filter_map(|l| l.split_whitespace().next())
-        .filter(|m| u8::from_str_radix(m.get(..2).unwrap_or("01"), 16).is_ok_and(|b| b & 1 == 0))
-        .map(str::to_ascii_lowercase)
-        .collect())
+    Ok(lanlink_lab::pods::uc_filter(node)?.into_iter().collect())
 }
 
 fn host_veths(node: &Node) -> Result<usize> {

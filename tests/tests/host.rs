@@ -16,19 +16,17 @@ use lanlink_lab::hostnet::{
 };
 use lanlink_lab::netfilter::{self, Endpoint, KubeProxy, Service, TrafficPolicy};
 use lanlink_lab::nssock::{self, TcpServer, tcp_connect};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ping};
+use lanlink_lab::{Agent, Lan, LanOptions, Node, ping};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
 
-fn agent_with(node: &Node, args: &[&str]) -> Result<Agent> {
-    Agent::start(
-        node,
-        AgentOptions {
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            ..AgentOptions::default()
-        },
-    )
+/// A LAN with node `node1` at [`NODE_IP`], its FORWARD chain hostile.
+fn hostile_lan() -> Result<(Lan, Node)> {
+    let lan = Lan::new(LanOptions::default())?;
+    let node = Node::new(&lan, "node1", NODE_IP)?;
+    hostile(&node)?;
+    Ok((lan, node))
 }
 
 /// Kubelet-probe path: the node pings and opens TCP to each pod (host →
@@ -38,10 +36,8 @@ fn agent_with(node: &Node, args: &[&str]) -> Result<Agent> {
 #[test]
 fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", NODE_IP)?;
-    hostile(&node)?;
-    let agent = agent_with(&node, &["--flow-timeout", "2"])?;
+    let (_lan, node) = hostile_lan()?;
+    let agent = Agent::start_with_args(&node, &["--flow-timeout", "2"])?;
     // An address the node gets after the agent started: the next ADD puts
     // it in the host-routes map and its subnet in the masquerade.
     let late = Ipv4Addr::new(198, 18, 4, 10);
@@ -150,10 +146,8 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
 #[test]
 fn secondary_interface_broadcasts_on_the_lan() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", NODE_IP)?;
-    hostile(&node)?;
-    let agent = agent_with(&node, &[])?;
+    let (lan, node) = hostile_lan()?;
+    let agent = Agent::start_with_args(&node, &[])?;
     let host = lan.add_host("lanhost", CLIENT_IP)?;
 
     // The primary network: a veth to the node, default route through it.
@@ -271,9 +265,7 @@ fn secondary_interface_broadcasts_on_the_lan() -> Result<()> {
 #[test]
 fn uninstall_removes_every_rule_the_agent_added() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", NODE_IP)?;
-    hostile(&node)?;
+    let (_lan, node) = hostile_lan()?;
     KubeProxy {
         cluster_cidr: "198.18.0.0/24".into(),
         services: vec![Service {
@@ -293,7 +285,7 @@ fn uninstall_removes_every_rule_the_agent_added() -> Result<()> {
     .apply(node.ns())?;
     let pristine = netfilter::save(node.ns())?;
 
-    let mut agent = agent_with(&node, &[])?;
+    let mut agent = Agent::start_with_args(&node, &[])?;
     let installed = netfilter::save(node.ns())?;
     for want in [
         "-A FORWARD -m comment --comment \"lanlink: host-routed pod traffic\" -j LANLINK-FORWARD",
@@ -323,17 +315,19 @@ fn uninstall_removes_every_rule_the_agent_added() -> Result<()> {
         netfilter::save(node.ns())? == installed,
         "a restart changed the rules"
     );
-    let refused = node.ns().run(&[
-        &lanlink_lab::bin_dir()
+    let uninstall_argv = [
+        lanlink_lab::bin_dir()
             .join("lanlinkd")
             .display()
             .to_string(),
-        "uninstall",
-        "--socket",
-        &agent.socket().display().to_string(),
-        "--pin-dir",
-        &agent.pin_dir().display().to_string(),
-    ])?;
+        "uninstall".into(),
+        "--socket".into(),
+        agent.socket().display().to_string(),
+        "--pin-dir".into(),
+        agent.pin_dir().display().to_string(),
+    ];
+    let uninstall_argv: Vec<&str> = uninstall_argv.iter().map(String::as_str).collect();
+    let refused = node.ns().run(&uninstall_argv)?;
     ensure!(
         !refused.status.success() && netfilter::save(node.ns())? == installed,
         "uninstall must refuse while the agent runs: {refused:?}"
@@ -345,17 +339,7 @@ fn uninstall_removes_every_rule_the_agent_added() -> Result<()> {
     );
 
     let uninstall = |expect_removed: bool| -> Result<String> {
-        let out = node.ns().run_ok(&[
-            &lanlink_lab::bin_dir()
-                .join("lanlinkd")
-                .display()
-                .to_string(),
-            "uninstall",
-            "--socket",
-            &agent.socket().display().to_string(),
-            "--pin-dir",
-            &agent.pin_dir().display().to_string(),
-        ])?;
+        let out = node.ns().run_ok(&uninstall_argv)?;
         ensure!(
             out.contains("removed") == expect_removed,
             "uninstall printed: {out}"

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::podman::Podman;
+use lanlink_lab::pods::host_veths;
 use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, cmd, ping};
 use serde_json::{Value, json};
 
@@ -45,16 +46,6 @@ fn parse_identity(text: &str) -> Result<(String, Ipv4Addr)> {
         .and_then(|ip| ip.parse().ok())
         .with_context(|| format!("no IPv4 in {text:?}"))?;
     Ok((mac, ip))
-}
-
-fn lanlink_veths(node: &Node) -> Result<Vec<String>> {
-    let links = node.ns().ip(&["-o", "link", "show", "type", "veth"])?;
-    Ok(links
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().split('@').next().unwrap_or_default().to_string())
-        .filter(|n| n.starts_with("ll"))
-        .collect())
 }
 
 #[test]
@@ -163,7 +154,7 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
         "endpoints after rm: {}",
         endpoints(&agent)?
     );
-    ensure!(lanlink_veths(&node)?.is_empty(), "veth left after rm");
+    ensure!(host_veths(&node)?.is_empty(), "veth left after rm");
     ensure!(!sandbox.exists(), "{} left after rm", sandbox.display());
     ensure!(
         lan.dhcp_log()
@@ -197,7 +188,7 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     lan.wait_for_no_lease(&mac, Duration::from_secs(5))
         .context("the container's exit did not release the lease")?;
     ensure!(endpoints(&agent)? == json!([]));
-    ensure!(lanlink_veths(&node)?.is_empty());
+    ensure!(host_veths(&node)?.is_empty());
 
     // Nothing of podman's is left: containers, libcni's cached results, the
     // containers' cgroups.

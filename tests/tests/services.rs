@@ -21,7 +21,7 @@ use lanlink_lab::hostnet::{
 };
 use lanlink_lab::netfilter::{self, Endpoint, KubeProxy, Service, TrafficPolicy};
 use lanlink_lab::nssock::{TcpServer, tcp_connect};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanHost, LanOptions, NetNs, Node};
+use lanlink_lab::{Agent, Lan, LanHost, LanOptions, NetNs, Node};
 
 const NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const NODE2: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 11);
@@ -31,16 +31,6 @@ const LB_CLUSTER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 201);
 /// kube-proxy's `--cluster-cidr`: the pods are on the LAN.
 const CLUSTER_CIDR: &str = "198.18.0.0/24";
 const POD_PORT: u16 = 8080;
-
-fn agent_with(node: &Node, args: &[&str]) -> Result<Agent> {
-    Agent::start(
-        node,
-        AgentOptions {
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            ..AgentOptions::default()
-        },
-    )
-}
 
 fn service(
     name: &str,
@@ -129,8 +119,8 @@ fn pods_reach_cluster_ips_on_this_and_another_node() -> Result<()> {
     let node2 = Node::new(&lan, "node2", NODE2)?;
     hostile(&node1)?;
     hostile(&node2)?;
-    let agent1 = agent_with(&node1, &[])?;
-    let agent2 = agent_with(&node2, &[])?;
+    let agent1 = Agent::start_with_args(&node1, &[])?;
+    let agent2 = Agent::start_with_args(&node2, &[])?;
     let client = Pod::primary(&node1, &agent1, "client", &[SERVICE_CIDR])?;
     let near = Pod::primary(&node1, &agent1, "web-near", &[SERVICE_CIDR])?;
     let far = Pod::primary(&node2, &agent2, "web-far", &[SERVICE_CIDR])?;
@@ -274,7 +264,7 @@ fn lb_rules(pod: Ipv4Addr) -> KubeProxy {
 fn lan_clients_reach_load_balancer_and_node_port_services() -> Result<()> {
     lanlink_lab::require_root();
     let (_lan, node, client) = lb_lab()?;
-    let agent = agent_with(&node, &[])?;
+    let agent = Agent::start_with_args(&node, &[])?;
     let web = Pod::primary(&node, &agent, "web", &[SERVICE_CIDR])?;
     let srv = TcpServer::start(&web.ns, POD_PORT, "web\n", Duration::from_secs(60))?;
     lb_rules(web.ip()).apply(node.ns())?;
@@ -331,7 +321,7 @@ fn lan_clients_reach_load_balancer_and_node_port_services() -> Result<()> {
 fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
     lanlink_lab::require_root();
     let (_lan, node, client) = lb_lab()?;
-    let mut agent = agent_with(&node, &["--no-flow-fix"])?;
+    let mut agent = Agent::start_with_args(&node, &["--no-flow-fix"])?;
     let web = Pod::primary(&node, &agent, "web", &[SERVICE_CIDR])?;
     let srv = TcpServer::start(&web.ns, POD_PORT, "web\n", Duration::from_secs(60))?;
     lb_rules(web.ip()).apply(node.ns())?;

@@ -8,11 +8,10 @@ use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lanlink_lab::{Agent, CniCall, CniOutput, NetNs, Node, cni, lab_netconf};
+use lanlink_lab::{Agent, NetNs, Node, lab_netconf, pods};
 use serde_json::{Value, json};
 
 /// `endpoint_flags::EXPIRED` of `lanlink-common`.
@@ -35,49 +34,17 @@ pub fn netconf(agent: &Agent, timeout_ms: u64) -> Value {
     n
 }
 
-/// ADD of pod `default/<name>` in `ns` (runs the plugin in the node's netns).
-pub fn try_add(
-    node: &Node,
-    ns: &NetNs,
-    container_id: &str,
-    name: &str,
-    netconf: &Value,
-) -> Result<CniOutput> {
-    let call = CniCall::new("ADD", container_id, Some(ns.path()), netconf.clone())
-        .with_args(&format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}"))
-        .in_netns(node.path());
-    cni(&lanlink_lab::bin_dir(), &call)
-}
-
 /// ADD that must succeed, in `ns`.
 pub fn add_in(node: &Node, agent: &Agent, ns: NetNs, name: &str, netconf: &Value) -> Result<Pod> {
-    let container_id = format!("{}-{name}", ns.name());
-    let out = try_add(node, &ns, &container_id, name, netconf)?;
-    let result = out
-        .ok()
-        .with_context(|| format!("ADD {name}; agent log:\n{}", agent.log()))?;
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .context("result has no ips[0].address")?;
-    let ip: Ipv4Addr = address
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .parse()
-        .with_context(|| format!("bad address {address:?}"))?;
-    let mac = result["interfaces"]
-        .as_array()
-        .and_then(|ifs| ifs.iter().find(|i| i["sandbox"].is_string()))
-        .and_then(|i| i["mac"].as_str())
-        .context("result has no pod interface")?
-        .to_ascii_lowercase();
+    let pod = pods::add_pod_in(node, agent, ns, name, netconf.clone())?;
+    let ip = pod.ip().context("result has no ips[0].address")?;
     Ok(Pod {
-        ns,
+        ns: pod.ns,
         name: name.to_owned(),
-        container_id,
-        mac,
+        container_id: pod.container_id,
+        mac: pod.mac,
         ip,
-        netconf: netconf.clone(),
+        netconf: pod.netconf,
     })
 }
 
@@ -89,17 +56,7 @@ pub fn add(node: &Node, agent: &Agent, name: &str, netconf: &Value) -> Result<Po
 
 /// DEL of `pod`, which must succeed.
 pub fn del(node: &Node, agent: &Agent, pod: &Pod) -> Result<()> {
-    let call = CniCall::new(
-        "DEL",
-        &pod.container_id,
-        Some(pod.ns.path()),
-        pod.netconf.clone(),
-    )
-    .in_netns(node.path());
-    cni(&lanlink_lab::bin_dir(), &call)?
-        .ok()
-        .map(drop)
-        .with_context(|| format!("DEL {}; agent log:\n{}", pod.name, agent.log()))
+    pods::del(node, agent, &pod.container_id, &pod.ns, &pod.netconf)
 }
 
 /// `GET <path>` on the agent's socket (as `curl --unix-socket` would), JSON body.
@@ -149,17 +106,7 @@ pub fn num(v: &Value, field: &str) -> u64 {
 
 /// The `flags` of the pinned `EP_BY_IF` entry for `ifindex` (bpftool).
 pub fn endpoint_flags(pin_dir: &Path, ifindex: u64) -> Result<u64> {
-    let out = Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(pin_dir.join("EP_BY_IF"))
-        .output()
-        .context("run bpftool")?;
-    ensure!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).context("bpftool -j output")?;
+    let v = pods::map_dump(pin_dir, "EP_BY_IF")?;
     for e in v.as_array().context("bpftool output is not an array")? {
         // With BTF the entry is readable as is (or under "formatted").
         let e = if e["formatted"].is_object() {
