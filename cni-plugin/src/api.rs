@@ -78,11 +78,19 @@ pub struct DhcpConfig {
     /// Extra options to send in DISCOVER and REQUEST.
     #[serde(default)]
     pub send_options: Vec<DhcpSendOption>,
+    /// How long to ARP-probe the leased address before using it (declining
+    /// it when another host answers), in milliseconds; 0 skips the probe.
+    #[serde(default = "DhcpConfig::default_arp_probe_ms")]
+    pub arp_probe_ms: u64,
 }
 
 impl DhcpConfig {
     fn default_timeout_ms() -> u64 {
         5_000
+    }
+
+    fn default_arp_probe_ms() -> u64 {
+        300
     }
 }
 
@@ -92,6 +100,7 @@ impl Default for DhcpConfig {
             timeout_ms: Self::default_timeout_ms(),
             identity: Identity::default(),
             send_options: Vec::new(),
+            arp_probe_ms: Self::default_arp_probe_ms(),
         }
     }
 }

@@ -20,6 +20,7 @@
 //!   "ipam": {                           // optional; absent = lanlink-dhcp with defaults
 //!     "type": "lanlink-dhcp",           // "lanlink-dhcp" (default) or "none"
 //!     "timeoutMs": 5000,                // 1..=300000
+//!     "arpProbeMs": 300,                // conflict probe before use; 0 = none
 //!     "identity": "stable",             // "stable" (default) or "random"
 //!     "sendOptions": [{"code": 60, "value": "lanlink"}]  // code 1..=254, not 53
 //!   },
@@ -55,6 +56,9 @@ const MAX_SOCKET_PATH: usize = 107;
 
 /// Longest DHCP timeout accepted, in milliseconds.
 const MAX_DHCP_TIMEOUT_MS: u64 = 300_000;
+/// The longest ARP probe of a leased address (`ipam.arpProbeMs`); RFC
+/// 5227's own timings take about 7 s.
+const MAX_ARP_PROBE_MS: u64 = 10_000;
 
 /// A CNI specification version lanlink speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -515,6 +519,20 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<Ipam, NetConfError> {
         }
         dhcp.timeout_ms = timeout_ms;
     }
+    if let Some(probe_ms) = optional::<u64>(ipam, "ipam.", "arpProbeMs")? {
+        // The probe runs inside the lease deadline.
+        let limit = MAX_ARP_PROBE_MS.min(dhcp.timeout_ms - 1);
+        if probe_ms > limit {
+            return Err(NetConfError::invalid(
+                "ipam.arpProbeMs",
+                format!(
+                    "{probe_ms} is out of range 0..={limit} (at most {MAX_ARP_PROBE_MS}, \
+                     and below ipam.timeoutMs)"
+                ),
+            ));
+        }
+        dhcp.arp_probe_ms = probe_ms;
+    }
     if let Some(identity) = optional::<String>(ipam, "ipam.", "identity")? {
         dhcp.identity = match identity.as_str() {
             "stable" => Identity::Stable,
@@ -864,7 +882,7 @@ mod tests {
             "mode": "secondary",
             "hostRoutes": ["10.96.0.0/12", "198.18.0.2/32"],
             "mtu": 1400,
-            "ipam": {"type": "lanlink-dhcp", "timeoutMs": 2500, "identity": "random",
+            "ipam": {"type": "lanlink-dhcp", "timeoutMs": 2500, "arpProbeMs": 0, "identity": "random",
                      "sendOptions": [{"code": 60, "value": "lanlink"}, {"code": 77, "value": "0x0a0B"}]},
             "disableCheck": true,
             "capabilities": {"mac": true},
@@ -888,6 +906,7 @@ mod tests {
                 host_routes: vec!["10.96.0.0/12".into(), "198.18.0.2/32".into()],
                 dhcp: Some(DhcpConfig {
                     timeout_ms: 2500,
+                    arp_probe_ms: 0,
                     identity: Identity::Random,
                     send_options: vec![
                         DhcpSendOption {
@@ -954,6 +973,16 @@ mod tests {
         assert_eq!(field, "ipam.timeoutMs");
         let (field, _) = invalid_field(parse(with("ipam", json!({"timeoutMs": 0}))));
         assert_eq!(field, "ipam.timeoutMs");
+        for bad in [json!({"arpProbeMs": -1}), json!({"arpProbeMs": 10_001})] {
+            let (field, _) = invalid_field(parse(with("ipam", bad)));
+            assert_eq!(field, "ipam.arpProbeMs");
+        }
+        let (field, reason) = invalid_field(parse(with(
+            "ipam",
+            json!({"timeoutMs": 1000, "arpProbeMs": 1000}),
+        )));
+        assert_eq!(field, "ipam.arpProbeMs");
+        assert!(reason.contains("0..=999"), "{reason}");
         let (field, _) = invalid_field(parse(with("ipam", json!({"identity": "sticky"}))));
         assert_eq!(field, "ipam.identity");
         let (field, _) = invalid_field(parse(with(

@@ -280,9 +280,21 @@ fn a_recreated_pod_gets_its_mac_client_id_and_address_back() -> Result<()> {
     Ok(())
 }
 
-#[test]
-fn an_address_that_already_answers_arp_is_declined() -> Result<()> {
-    lanlink_lab::require_root();
+/// A lab where dnsmasq (no ping check) has `taken`, an address a LAN host
+/// already uses, reserved for the stable MAC of pod `squatted`.
+/// Fields drop in order: the agent before its node, the LAN last.
+struct Squatted {
+    agent: Agent,
+    node: Node,
+    squatter: lanlink_lab::LanHost,
+    lan: Lan,
+    taken: Ipv4Addr,
+    /// The pod's MAC, learnt from a first ADD and DEL.
+    mac: String,
+    _dir: lanlink_lab::cleanup::LabDir,
+}
+
+fn squatted() -> Result<Squatted> {
     let taken = Ipv4Addr::new(198, 18, 0, 150);
     // A reservation file dnsmasq re-reads on SIGHUP.
     let dir = lanlink_lab::cleanup::LabDir::new("hosts")?;
@@ -295,11 +307,10 @@ fn an_address_that_already_answers_arp_is_declined() -> Result<()> {
     let squatter = lan.add_host("squatter", taken)?;
     let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
     let agent = Agent::start(&node, AgentOptions::default())?;
-    let nc = netconf(&agent, 8000);
 
     // The pod's stable MAC gets .150 reserved, which the squatter already
     // uses; dnsmasq (no ping check) offers it anyway.
-    let probe = add(&node, &agent, "squatted", &nc)?;
+    let probe = add(&node, &agent, "squatted", &netconf(&agent, 8000))?;
     del(&node, &agent, &probe)?;
     lan.wait_for_no_lease(&probe.mac, Duration::from_secs(5))?;
     std::fs::write(&hosts, format!("{},{taken}\n", probe.mac))?;
@@ -317,9 +328,32 @@ fn an_address_that_already_answers_arp_is_declined() -> Result<()> {
         hosts.display(),
         lan.dhcp_log()
     );
+    Ok(Squatted {
+        lan,
+        squatter,
+        node,
+        agent,
+        taken,
+        mac: probe.mac,
+        _dir: dir,
+    })
+}
 
+#[test]
+fn an_address_that_already_answers_arp_is_declined() -> Result<()> {
+    lanlink_lab::require_root();
+    let Squatted {
+        lan,
+        squatter,
+        node,
+        agent,
+        taken,
+        mac,
+        _dir,
+    } = squatted()?;
+    let nc = netconf(&agent, 8000);
     let pod = add(&node, &agent, "squatted", &nc)?;
-    ensure!(pod.mac == probe.mac);
+    ensure!(pod.mac == mac);
     ensure!(
         pod.ip != taken,
         "the pod took {taken}, which {} uses",
@@ -350,5 +384,29 @@ fn an_address_that_already_answers_arp_is_declined() -> Result<()> {
     let r = ping(&pod.ns, ROUTER, 2, Duration::from_secs(5))?;
     ensure!(r.all_received(), "pod → router: {}", r.summary);
     ensure!(!pod_addresses(&pod.ns)?.contains(&t));
+    Ok(())
+}
+
+/// `ipam.arpProbeMs: 0` turns the conflict check off: the same squatted
+/// address is then handed to the pod (what the probe prevents above).
+#[test]
+fn without_the_arp_probe_a_squatted_address_is_used() -> Result<()> {
+    lanlink_lab::require_root();
+    let s = squatted()?;
+    let mut nc = netconf(&s.agent, 8000);
+    nc["ipam"]["arpProbeMs"] = serde_json::json!(0);
+    let pod = add(&s.node, &s.agent, "squatted", &nc)?;
+    ensure!(pod.mac == s.mac);
+    ensure!(
+        pod.ip == s.taken,
+        "with no probe the pod should take the reserved {}, got {}",
+        s.taken,
+        pod.ip
+    );
+    let log = s.lan.dhcp_log();
+    ensure!(count_lines(&log, &["DHCPDECLINE(br0)"]) == 0, "{log}");
+    let stats = api_get(&s.agent, "/v1/dhcp")?;
+    ensure!(num(&stats, "sent_decline") == 0, "{stats}");
+    ensure!(s.squatter.mac() != pod.mac);
     Ok(())
 }

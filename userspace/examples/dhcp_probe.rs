@@ -31,6 +31,9 @@ struct Args {
     /// Seconds each acquisition or renewal may take.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
+    /// Milliseconds to ARP-probe each acquired address (0: no probe).
+    #[arg(long, default_value_t = 300)]
+    arp_probe_ms: u64,
     #[command(subcommand)]
     step: Step,
 }
@@ -101,6 +104,9 @@ async fn main() -> anyhow::Result<()> {
                         hostname: dhcp::sanitize_hostname(&format!("probe-{pod}")),
                         timeout,
                         send_options: vec![(60, b"lanlink".to_vec())],
+                        arp_probe: (args.arp_probe_ms > 0).then(|| {
+                            dhcp::ArpProbe::within(Duration::from_millis(args.arp_probe_ms))
+                        }),
                     }
                 })
                 .collect();

@@ -85,6 +85,17 @@ pub enum DataplaneError {
     /// The object lacks an expected program or map.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
+    /// The blocking task of an [`Attachment`] panicked or was cancelled.
+    #[error("attaching {program} to {ifname} did not finish")]
+    AttachTask {
+        /// The program.
+        program: &'static str,
+        /// The interface.
+        ifname: String,
+        /// Why.
+        #[source]
+        source: tokio::task::JoinError,
+    },
 }
 
 fn map_err(
@@ -270,47 +281,34 @@ impl Dataplane {
     /// in it atomically.
     pub fn attach(&mut self, ifname: &str, hook: Hook) -> Result<(), DataplaneError> {
         let pin = self.link_pin(ifname, hook);
-        let prog: &mut SchedClassifier = self
-            .ebpf
+        attach_pinned(self.classifier_mut(hook)?, ifname, hook, &pin)
+    }
+
+    /// A handle that attaches `hook`'s program to `ifname` without this
+    /// `Dataplane`: [`Attachment::run`] blocks for a kernel RCU grace period
+    /// (a TCX attach waits for one, ~10 ms), which must not hold the lock
+    /// every ADD and the renewals need. Concurrent runs share grace periods.
+    pub fn attachment(&mut self, ifname: &str, hook: Hook) -> Result<Attachment, DataplaneError> {
+        let info = self
+            .classifier_mut(hook)?
+            .info()
+            .map_err(prog_err(format!("query {}", hook.program())))?;
+        let prog = SchedClassifier::from_program_info(info, hook.program().into())
+            .map_err(prog_err(format!("open a handle of {}", hook.program())))?;
+        Ok(Attachment {
+            prog,
+            ifname: ifname.to_owned(),
+            hook,
+            pin: self.link_pin(ifname, hook),
+        })
+    }
+
+    fn classifier_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
+        self.ebpf
             .program_mut(hook.program())
             .ok_or(DataplaneError::Missing("program"))?
             .try_into()
-            .map_err(prog_err(format!("use {} as a TC program", hook.program())))?;
-        if pin.exists() {
-            let replaced = PinnedLink::from_pin(&pin)
-                .ok()
-                .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
-                .is_some_and(|link| {
-                    prog.attach_to_link(link)
-                        .and_then(|id| prog.take_link(id))
-                        .is_ok()
-                });
-            if replaced {
-                // The pin still refers to the same kernel link, which now
-                // runs the new program; dropping our fd changes nothing.
-                return Ok(());
-            }
-            // A link whose interface is gone cannot be updated: start over.
-            std::fs::remove_file(&pin).map_err(|source| DataplaneError::Pin {
-                what: format!("remove stale link {}", pin.display()),
-                source,
-            })?;
-        }
-        let id = prog
-            .attach(ifname, hook.attach_type())
-            .map_err(prog_err(format!("attach {} to {ifname}", hook.program())))?;
-        let link = prog.take_link(id).map_err(prog_err("take the link"))?;
-        let fd: FdLink = link
-            .try_into()
-            .map_err(|e: LinkError| DataplaneError::Pin {
-                what: format!("pin link: {e}"),
-                source: io::Error::other(e.to_string()),
-            })?;
-        fd.pin(&pin).map_err(|e| DataplaneError::Pin {
-            what: format!("pin link {}", pin.display()),
-            source: io::Error::other(e.to_string()),
-        })?;
-        Ok(())
+            .map_err(prog_err(format!("use {} as a TC program", hook.program())))
     }
 
     /// Detaches `hook` from `ifname` by removing its pinned link. Succeeds if
@@ -481,6 +479,82 @@ impl Dataplane {
     /// Sums the per-CPU counters of every verdict.
     pub fn stats(&self) -> Result<Vec<(Verdict, Counter)>, DataplaneError> {
         read_stats(&self.stats)
+    }
+}
+
+/// Attaches `hook`'s program `prog` to `ifname` and pins the link at
+/// `pin`; if a link is pinned there already (a previous agent's), `prog`
+/// replaces the program in it atomically instead.
+fn attach_pinned(
+    prog: &mut SchedClassifier,
+    ifname: &str,
+    hook: Hook,
+    pin: &Path,
+) -> Result<(), DataplaneError> {
+    if pin.exists() {
+        let replaced = PinnedLink::from_pin(pin)
+            .ok()
+            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
+            .is_some_and(|link| {
+                prog.attach_to_link(link)
+                    .and_then(|id| prog.take_link(id))
+                    .is_ok()
+            });
+        if replaced {
+            // The pin still refers to the same kernel link, which now
+            // runs the new program; dropping our fd changes nothing.
+            return Ok(());
+        }
+        // A link whose interface is gone cannot be updated: start over.
+        std::fs::remove_file(pin).map_err(|source| DataplaneError::Pin {
+            what: format!("remove stale link {}", pin.display()),
+            source,
+        })?;
+    }
+    let id = prog
+        .attach(ifname, hook.attach_type())
+        .map_err(prog_err(format!("attach {} to {ifname}", hook.program())))?;
+    let link = prog.take_link(id).map_err(prog_err("take the link"))?;
+    let fd: FdLink = link
+        .try_into()
+        .map_err(|e: LinkError| DataplaneError::Pin {
+            what: format!("pin link: {e}"),
+            source: io::Error::other(e.to_string()),
+        })?;
+    fd.pin(pin).map_err(|e| DataplaneError::Pin {
+        what: format!("pin link {}", pin.display()),
+        source: io::Error::other(e.to_string()),
+    })?;
+    Ok(())
+}
+
+/// One program to attach to one interface, detached from the [`Dataplane`]
+/// (see [`Dataplane::attachment`]).
+pub struct Attachment {
+    prog: SchedClassifier,
+    ifname: String,
+    hook: Hook,
+    pin: PathBuf,
+}
+
+impl Attachment {
+    /// Attaches and pins the link, blocking (run it off the async workers).
+    pub fn run(mut self) -> Result<(), DataplaneError> {
+        attach_pinned(&mut self.prog, &self.ifname, self.hook, &self.pin)
+    }
+
+    /// [`run`](Self::run) on tokio's blocking pool.
+    pub async fn run_blocking(self) -> Result<(), DataplaneError> {
+        let (program, ifname) = (self.hook.program(), self.ifname.clone());
+        tokio::task::spawn_blocking(move || self.run())
+            .await
+            .unwrap_or_else(|source| {
+                Err(DataplaneError::AttachTask {
+                    program,
+                    ifname,
+                    source,
+                })
+            })
     }
 }
 

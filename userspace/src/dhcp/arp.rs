@@ -13,8 +13,9 @@
 //! at TC ingress, and only a tap sees them before that. Its classic BPF filter
 //! keeps only ARP packets that name the probed address, so a probe is woken
 //! by nothing else on the LAN. RFC 5227's timings (three probes one to two
-//! seconds apart) would add seconds to every pod start; the agent waits a few
-//! hundred milliseconds, which a LAN host answers well within.
+//! seconds apart) would add seconds to every pod start; the agent waits 300 ms
+//! by default, which a LAN host answers well within, and the netconf's
+//! `ipam.arpProbeMs` changes it (0: no probe).
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -59,6 +60,26 @@ impl Default for ArpProbe {
 }
 
 impl ArpProbe {
+    /// A probe that takes `total` at most: two probes a third of it apart,
+    /// then two thirds of it listening (the default is `within(300 ms)`).
+    /// One probe when `total` is under 30 ms, where a second would be sent
+    /// too soon after the first to survive a loss the first did not.
+    pub fn within(total: Duration) -> Self {
+        if total < Duration::from_millis(30) {
+            return ArpProbe {
+                probes: 1,
+                interval: Duration::ZERO,
+                wait: total,
+            };
+        }
+        let interval = total / 3;
+        ArpProbe {
+            probes: 2,
+            interval,
+            wait: total - interval,
+        }
+    }
+
     /// The longest a probe can take.
     pub fn duration(&self) -> Duration {
         self.interval
@@ -268,5 +289,18 @@ mod tests {
             ..ArpProbe::default()
         };
         assert_eq!(one.duration(), Duration::from_millis(200));
+    }
+
+    #[test]
+    fn within_spends_exactly_the_budget() {
+        assert_eq!(
+            ArpProbe::within(Duration::from_millis(300)),
+            ArpProbe::default()
+        );
+        for ms in [1, 29, 30, 31, 100, 1000, 2999] {
+            let p = ArpProbe::within(Duration::from_millis(ms));
+            assert_eq!(p.duration(), Duration::from_millis(ms), "{p:?}");
+            assert_eq!(p.probes, if ms < 30 { 1 } else { 2 }, "{p:?}");
+        }
     }
 }

@@ -48,6 +48,9 @@ pub struct LeaseRequest {
     /// Extra options from the netconf, sent in DISCOVER and REQUEST. Codes
     /// the client sets itself (12, 50, 53, 54, 55, 57, 61, ...) are refused.
     pub send_options: Vec<(u8, Vec<u8>)>,
+    /// ARP-probe the acknowledged address before using it and decline it
+    /// when another host answers (RFC 2131 4.4.1); `None` skips the probe.
+    pub arp_probe: Option<ArpProbe>,
 }
 
 /// Tunables of the client; [`Default`] suits a LAN.
@@ -65,9 +68,6 @@ pub struct DhcpConfig {
     pub request_attempts: u32,
     /// Option 57.
     pub max_message_size: u16,
-    /// ARP-probe every acknowledged address before using it and decline it
-    /// when another host answers (RFC 2131 4.4.1); `None` skips the probe.
-    pub arp_probe: Option<ArpProbe>,
     /// DHCPDECLINEs in one acquisition before giving up on the server.
     pub max_declines: u32,
 }
@@ -80,7 +80,6 @@ impl Default for DhcpConfig {
             max_retransmit: Duration::from_secs(8),
             request_attempts: 4,
             max_message_size: 1500,
-            arp_probe: Some(ArpProbe::default()),
             max_declines: 3,
         }
     }
@@ -418,9 +417,7 @@ impl DhcpClient {
                                 requested_at,
                             ) {
                                 Ok(lease) => {
-                                    if let Some(holder) =
-                                        shared.in_use(req.mac, lease.address).await
-                                    {
+                                    if let Some(holder) = shared.in_use(req, lease.address).await {
                                         warn!(
                                             uplink = %shared.uplink, mac = %Mac(req.mac), address = %lease.address,
                                             holder = %Mac(holder), server = %server_id,
@@ -736,8 +733,9 @@ impl Shared {
     /// `None` when the address is free, probing is off, or the probe could
     /// not run (counted and logged: the address is then used unchecked, as
     /// every client without conflict detection would).
-    async fn in_use(&self, mac: [u8; 6], ip: Ipv4Addr) -> Option<[u8; 6]> {
-        let cfg = self.config.arp_probe.as_ref()?;
+    async fn in_use(&self, req: &LeaseRequest, ip: Ipv4Addr) -> Option<[u8; 6]> {
+        let cfg = req.arp_probe.as_ref()?;
+        let mac = req.mac;
         let result = match &self.prober {
             Prober::Uplink { ifindex } => arp::probe(&self.uplink, *ifindex, mac, ip, cfg).await,
             #[cfg(test)]
@@ -1091,6 +1089,7 @@ mod tests {
             hostname: Some(format!("pod-{last}")),
             timeout: Duration::from_secs(5),
             send_options: vec![(60, b"lanlink".to_vec())],
+            arp_probe: Some(ArpProbe::default()),
         }
     }
 
@@ -1337,6 +1336,30 @@ mod tests {
             (1, 1),
             "{stats:?}"
         );
+        server.abort();
+    }
+
+    #[tokio::test]
+    async fn without_a_probe_the_acknowledged_address_is_used_as_is() {
+        let first = offered_address(&[0, 0, 0, 0, 0, 5]);
+        let (client, server, seen) = test_client_with(Behaviour::default(), vec![first]);
+        let req = LeaseRequest {
+            arp_probe: None,
+            ..request(5)
+        };
+        let lease = client.acquire(&req).await.unwrap();
+        assert_eq!(lease.address, first, "no probe, so nothing to decline");
+        let types: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|s| s.msg.opts().msg_type())
+            .collect();
+        assert_eq!(
+            types,
+            [MessageType::Discover, MessageType::Request].map(Some)
+        );
+        assert_eq!(client.stats().sent_decline, 0);
         server.abort();
     }
 

@@ -11,6 +11,7 @@ use plotters::prelude::*;
 use plotters::style::FontStyle;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
+use super::cni;
 use super::report::{self, Metric, Results};
 use super::stats::Summary;
 
@@ -147,21 +148,16 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     let path = dir.join(FILES[3]);
     let mut cni = Vec::new();
     for c in &results.cni_add {
-        let short = if c.plugin == "lanlink" {
-            "lanlink"
-        } else {
-            "bridge"
-        };
-        let name = if c.plugin == "lanlink" {
-            "lanlink"
-        } else {
-            "reference"
+        let (color, name) = match c.plugin.as_str() {
+            cni::LANLINK => ("lanlink", "lanlink"),
+            cni::LANLINK_NO_PROBE => ("lanlink/1k", "lanlink, no probe"),
+            _ => ("bridge", "reference"),
         };
         for (what, v) in [("p50", c.p50_ms), ("p99", c.p99_ms)] {
             if let Some(v) = v {
                 cni.push(Bar {
                     label: format!("{name} {what}"),
-                    color: short.to_owned(),
+                    color: color.to_owned(),
                     summary: Summary::of("ms", &[v]).unwrap_or_default(),
                 });
             }

@@ -11,35 +11,45 @@ use super::report::{CniResult, ConcurrentResult};
 use super::stats::percentile;
 use super::topo::{Pod, Topology, container_id, result_ip};
 
-/// Adds `n` pods with each plugin, one ADD at a time, lanlink and the
-/// reference alternating; checks each leased address against dnsmasq's
-/// lease file, then deletes them all. Returns lanlink's result, then the
-/// reference's.
-pub fn add_latency(topo: &Topology, n: usize) -> Result<(CniResult, CniResult)> {
-    let mut ll = CniResult {
-        plugin: "lanlink".to_owned(),
-        ..CniResult::default()
-    };
-    let mut rf = CniResult {
-        plugin: "reference bridge+dhcp".to_owned(),
-        ..CniResult::default()
-    };
-    let mut ll_pods = Vec::new();
-    let mut rf_pods = Vec::new();
+/// The name of lanlink's series with its default netconf (a 300 ms ARP
+/// probe of every leased address before use).
+pub const LANLINK: &str = "lanlink";
+/// lanlink with `ipam.arpProbeMs: 0`: no conflict probe, as the reference
+/// `dhcp` plugin does.
+pub const LANLINK_NO_PROBE: &str = "lanlink, arpProbeMs 0";
+/// The reference plugins.
+pub const REFERENCE: &str = "reference bridge+dhcp";
+
+/// Adds `n` pods with each plugin, one ADD at a time, alternating lanlink
+/// (default netconf), lanlink without the ARP probe and the reference;
+/// checks each leased address against dnsmasq's lease file, then deletes
+/// them all. Returns one result per series, in that order.
+pub fn add_latency(topo: &Topology, n: usize) -> Result<Vec<CniResult>> {
+    let mut results: Vec<CniResult> = [LANLINK, LANLINK_NO_PROBE, REFERENCE]
+        .map(|plugin| CniResult {
+            plugin: plugin.to_owned(),
+            ..CniResult::default()
+        })
+        .into();
+    let mut pods: [Vec<Pod>; 3] = Default::default();
     for i in 0..n {
         // Namespaces are made before the clock starts: a runtime has the
         // sandbox before it calls the plugin.
         let ns = NetNs::new(&format!("cni-ll-{i}"))?;
         let (out, took) = topo.lanlink.add(&topo.bin_dir, &ns)?;
-        record(&mut ll, &mut ll_pods, ns, out.ok(), took);
+        record(&mut results[0], &mut pods[0], ns, out.ok(), took);
+
+        let ns = NetNs::new(&format!("cni-np-{i}"))?;
+        let (out, took) = topo.lanlink.add_probing(&topo.bin_dir, &ns, 0)?;
+        record(&mut results[1], &mut pods[1], ns, out.ok(), took);
 
         let ns = NetNs::new(&format!("cni-ref-{i}"))?;
         let (out, took) = topo.bridge.add(&ns)?;
-        record(&mut rf, &mut rf_pods, ns, out.ok(), took);
+        record(&mut results[2], &mut pods[2], ns, out.ok(), took);
     }
     // On the wire: every address the plugins reported is a dnsmasq lease.
     let leases = topo.lan.leases();
-    for (result, pods) in [(&mut ll, &ll_pods), (&mut rf, &rf_pods)] {
+    for (result, pods) in results.iter_mut().zip(&pods) {
         for pod in pods {
             if !leases.iter().any(|l| l.ip == pod.ip) {
                 result.failures.push(format!(
@@ -49,17 +59,18 @@ pub fn add_latency(topo: &Topology, n: usize) -> Result<(CniResult, CniResult)> 
             }
         }
     }
-    for pod in &ll_pods {
+    let [ll, np, rf] = &pods;
+    for pod in ll.iter().chain(np) {
         topo.lanlink.del(&topo.bin_dir, pod)?;
     }
-    for pod in &rf_pods {
+    for pod in rf {
         topo.bridge.del(pod)?;
     }
-    for r in [&mut ll, &mut rf] {
+    for r in &mut results {
         r.p50_ms = percentile(&r.samples_ms, 50.0);
         r.p99_ms = percentile(&r.samples_ms, 99.0);
     }
-    Ok((ll, rf))
+    Ok(results)
 }
 
 fn record(

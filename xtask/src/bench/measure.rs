@@ -42,11 +42,30 @@ impl Tools {
     }
 }
 
-/// Starts an iperf3 server on `ip` in `ns`, killed after `budget` at the
-/// latest (and when the guard drops).
+/// The CPU every sender (iperf3 client, UDP sender) is pinned to: the
+/// first. Receivers run on [`receiver_cpu`]. Unpinned, the scheduler puts
+/// both ends on one CPU in some runs and on two in others, and the rates
+/// of one case then fall into two clusters ~20% apart; pinned, every
+/// variant runs the same two-CPU pipeline (on a one-CPU machine, both
+/// share CPU 0).
+fn sender_cpu() -> String {
+    "0".to_owned()
+}
+
+/// The CPU receivers are pinned to: the last (see [`sender_cpu`]).
+fn receiver_cpu() -> String {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cpus - 1).to_string()
+}
+
+/// Starts an iperf3 server on `ip` in `ns`, pinned to [`receiver_cpu`],
+/// killed after `budget` at the latest (and when the guard drops).
 pub fn iperf_server(ns: &NetNs, ip: Ipv4Addr, budget: Duration) -> Result<BgProcess> {
     let secs = budget.as_secs().max(1).to_string();
     ns.spawn(&[
+        "taskset",
+        "-c",
+        &receiver_cpu(),
         "timeout",
         &secs,
         "iperf3",
@@ -64,8 +83,7 @@ pub fn iperf_server(ns: &NetNs, ip: Ipv4Addr, budget: Duration) -> Result<BgProc
 /// cross-CPU wake-ups, which on a virtual machine (an IPI each, tens of µs)
 /// swamp the difference between the paths.
 fn rr_cpu() -> String {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cpus - 1).to_string()
+    receiver_cpu()
 }
 
 /// Starts the `lab-rr` server on `ip` in `ns`, pinned to [`rr_cpu`],
@@ -84,10 +102,15 @@ pub fn rr_server(tools: &Tools, ns: &NetNs, ip: Ipv4Addr, budget: Duration) -> R
     ])
 }
 
-/// TCP throughput from `client` to the iperf3 server at `server`, in
-/// Gbit/s as received by the server, over a `secs`-second run (one stream).
+/// TCP throughput from `client` (pinned to [`sender_cpu`]) to the iperf3
+/// server at `server`, in Gbit/s as received by the server, over a
+/// `secs`-second run (one stream).
 pub fn tcp_throughput(client: &NetNs, server: Ipv4Addr, secs: u32) -> Result<f64> {
+    let cpu = sender_cpu();
     let args = [
+        "taskset",
+        "-c",
+        &cpu,
         "iperf3",
         "--client",
         &server.to_string(),
@@ -129,8 +152,9 @@ pub fn parse_iperf(text: &str) -> Result<f64> {
         .context("iperf3 reported no end.sum_received.bits_per_second")
 }
 
-/// Packets per second of 64-byte frames delivered from `sender` to a
-/// receiver at `dst` in `receiver`, over a `secs`-second blast.
+/// Packets per second of 64-byte frames delivered from `sender` (pinned
+/// to [`sender_cpu`]) to a receiver at `dst` in `receiver` (pinned to
+/// [`receiver_cpu`]), over a `secs`-second blast.
 pub fn udp_rate(
     tools: &Tools,
     sender: &NetNs,
@@ -141,7 +165,11 @@ pub fn udp_rate(
     let bin = tools.path("lab-udpflood")?;
     let target = format!("{dst}:{UDP_PORT}");
     let max_secs = (secs.ceil() as u64 + 10).to_string();
+    let (send_cpu, recv_cpu) = (sender_cpu(), receiver_cpu());
     let recv_args = [
+        "taskset",
+        "-c",
+        &recv_cpu,
         bin.as_str(),
         "recv",
         &target,
@@ -158,6 +186,9 @@ pub fn udp_rate(
         std::thread::sleep(Duration::from_millis(300));
         let send = sender.run_timeout(
             &[
+                "taskset",
+                "-c",
+                &send_cpu,
                 &bin,
                 "send",
                 &target,

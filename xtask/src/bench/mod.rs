@@ -266,8 +266,8 @@ fn phases(plan: &Plan, topo: &mut Topology, results: &mut Results) -> Result<()>
 
     println!("\n== CNI ADD latency ({} pods per plugin)", plan.cni_pods);
     match cni::add_latency(topo, plan.cni_pods) {
-        Ok((ll, rf)) => {
-            for r in [&ll, &rf] {
+        Ok(series) => {
+            for r in &series {
                 println!(
                     "{:<24} p50 {} p99 {} ({} ADDs, {} failures)",
                     r.plugin,
@@ -280,7 +280,7 @@ fn phases(plan: &Plan, topo: &mut Topology, results: &mut Results) -> Result<()>
                     results.errors.push(format!("CNI ADD {}: {f}", r.plugin));
                 }
             }
-            results.cni_add = vec![ll, rf];
+            results.cni_add = series;
         }
         Err(e) => results.errors.push(format!("CNI ADD latency: {e:#}")),
     }

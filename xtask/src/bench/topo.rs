@@ -387,6 +387,18 @@ impl LanlinkSide {
         timed(|| cni_exec(&bin_dir.join(lanlink_lab::CNI_BIN), &call))
     }
 
+    /// [`add`](Self::add) with `ipam.arpProbeMs` set to `probe_ms`.
+    pub fn add_probing(
+        &self,
+        bin_dir: &Path,
+        ns: &NetNs,
+        probe_ms: u64,
+    ) -> Result<(CniOutput, Duration)> {
+        let mut call = self.call("ADD", ns);
+        call.netconf["ipam"] = serde_json::json!({"arpProbeMs": probe_ms});
+        timed(|| cni_exec(&bin_dir.join(lanlink_lab::CNI_BIN), &call))
+    }
+
     /// CNI DEL of a pod.
     pub fn del(&self, bin_dir: &Path, pod: &Pod) -> Result<()> {
         let call = self.call("DEL", &pod.ns);
