@@ -57,6 +57,7 @@ pub mod nssock;
 pub mod ping;
 pub mod podman;
 pub mod pods;
+pub mod toolargs;
 pub mod traffic;
 
 use std::net::Ipv4Addr;

@@ -1372,9 +1372,9 @@ impl fmt::Display for Phases {
     }
 }
 
-/// Runs `attachments` at once on the blocking pool: each waits for an RCU
-/// grace period in the kernel, and concurrent ones share it. Fails with the
-/// first error, after all have finished.
+/// Runs `attachments` on the blocking pool (each waits in the kernel for an
+/// RCU grace period, see [`Attachment::run`]). Fails with the first error,
+/// after all have finished.
 async fn attach_all(
     attachments: impl IntoIterator<Item = Attachment>,
 ) -> Result<(), DataplaneError> {

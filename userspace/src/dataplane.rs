@@ -286,8 +286,8 @@ impl Dataplane {
 
     /// A handle that attaches `hook`'s program to `ifname` without this
     /// `Dataplane`: [`Attachment::run`] blocks for a kernel RCU grace period
-    /// (a TCX attach waits for one, ~10 ms), which must not hold the lock
-    /// every ADD and the renewals need. Concurrent runs share grace periods.
+    /// (a TCX attach waits for one, ~10 ms on a small VM), which must not
+    /// hold the lock every ADD, DEL and renewal needs.
     pub fn attachment(&mut self, ifname: &str, hook: Hook) -> Result<Attachment, DataplaneError> {
         let info = self
             .classifier_mut(hook)?
@@ -528,6 +528,14 @@ fn attach_pinned(
     Ok(())
 }
 
+/// Held while attaching. The kernel attaches TCX programs under the RTNL
+/// lock and waits there for an RCU grace period (`tcx_entry_sync`), so
+/// attaches never run in parallel anyway; letting a hundred concurrent ADDs
+/// queue all their attaches on RTNL at once starves every other netlink step
+/// of those ADDs (veth, addresses, routes) and measured ~25% slower in
+/// `cargo xtask bench` than taking them one at a time here.
+static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// One program to attach to one interface, detached from the [`Dataplane`]
 /// (see [`Dataplane::attachment`]).
 pub struct Attachment {
@@ -539,7 +547,9 @@ pub struct Attachment {
 
 impl Attachment {
     /// Attaches and pins the link, blocking (run it off the async workers).
+    /// One at a time (see [`ATTACHING`]).
     pub fn run(mut self) -> Result<(), DataplaneError> {
+        let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
         attach_pinned(&mut self.prog, &self.ifname, self.hook, &self.pin)
     }
 

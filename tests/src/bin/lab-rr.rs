@@ -16,8 +16,9 @@
 //! Both ends are bounded in time, and every blocking call has a timeout, as
 //! the lab's rules require.
 
+use lanlink_lab::toolargs::{addr, opt};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -38,23 +39,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The value after `flag`, parsed, or `default` when the flag is absent.
-fn opt<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a valid value")),
-    }
-}
-
-fn addr(args: &[String]) -> Result<SocketAddr, String> {
-    args.first()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| "the first argument must be <ip:port>".to_owned())
 }
 
 fn server(args: &[String]) -> Result<(), String> {

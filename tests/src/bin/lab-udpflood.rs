@@ -16,7 +16,8 @@
 //! 60) in all, and prints `{"packets":…,"bytes":…,"secs":…,"pps":…}`, where
 //! `secs` runs from its first datagram to its last: the rate delivered.
 
-use std::net::{SocketAddr, UdpSocket};
+use lanlink_lab::toolargs::{addr, opt};
+use std::net::UdpSocket;
 use std::os::fd::AsRawFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -44,23 +45,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The value after `flag`, parsed, or `default` when the flag is absent.
-fn opt<T: std::str::FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
-    match args.iter().position(|a| a == flag) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| format!("{flag} needs a valid value")),
-    }
-}
-
-fn addr(args: &[String]) -> Result<SocketAddr, String> {
-    args.first()
-        .and_then(|a| a.parse().ok())
-        .ok_or_else(|| "the first argument must be <ip:port>".to_owned())
 }
 
 fn send(args: &[String]) -> Result<String, String> {
