@@ -150,7 +150,7 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     for c in &results.cni_add {
         let (color, name) = match c.plugin.as_str() {
             cni::LANLINK => ("lanlink", "lanlink"),
-            cni::LANLINK_NO_PROBE => ("lanlink/1k", "lanlink, no probe"),
+            cni::LANLINK_NO_PROBE => ("lanlink/1k", "no probe"),
             _ => ("bridge", "reference"),
         };
         for (what, v) in [("p50", c.p50_ms), ("p99", c.p99_ms)] {
@@ -166,7 +166,11 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     draw_panels(
         &path,
         (800, 520),
-        &[("CNI ADD latency incl. DHCP lease (log scale)", "ms", cni)],
+        &[(
+            "CNI ADD incl. DHCP lease (log scale; no probe = lanlink, arpProbeMs 0)",
+            "ms",
+            cni,
+        )],
         true,
     )?;
     written.push(path);

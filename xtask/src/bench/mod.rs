@@ -509,7 +509,8 @@ fn loadavg(results: &mut Results, when: &str) {
 }
 
 /// `git rev-parse --short HEAD`, with `-dirty` when the working tree has
-/// uncommitted changes (the binaries were built from the tree, not HEAD).
+/// uncommitted changes (the binaries were built from the tree, not HEAD);
+/// the results of an earlier run in `bench/results/` do not count.
 fn git_commit() -> String {
     let git = || {
         let mut c = Command::new("git");
@@ -517,9 +518,16 @@ fn git_commit() -> String {
         c
     };
     let head = stdout_of(git().args(["rev-parse", "--short", "HEAD"]));
-    let dirty = !stdout_of(git().args(["status", "--porcelain", "--untracked-files=no"]))
-        .trim()
-        .is_empty();
+    let dirty = !stdout_of(git().args([
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ".",
+        ":(exclude)bench/results",
+    ]))
+    .trim()
+    .is_empty();
     format!("{}{}", head.trim(), if dirty { "-dirty" } else { "" })
 }
 
