@@ -214,9 +214,11 @@ pub struct LeaseInfo {
     pub lease_secs: u32,
     /// Unix time (seconds) the lease was obtained or last renewed.
     pub obtained_at: u64,
-    /// Unix time (seconds) of the next renewal (T1).
+    /// Unix time (seconds) of the next renewal (T1); `u64::MAX` for an
+    /// infinite lease.
     pub renew_at: u64,
-    /// Unix time (seconds) the lease expires.
+    /// Unix time (seconds) the lease expires; `u64::MAX` for an infinite
+    /// lease.
     pub expires_at: u64,
     /// Client state (`bound`, `renewing`, `rebinding`, `expired`).
     pub state: String,

@@ -520,18 +520,20 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<Ipam, NetConfError> {
         dhcp.timeout_ms = timeout_ms;
     }
     if let Some(probe_ms) = optional::<u64>(ipam, "ipam.", "arpProbeMs")? {
-        // The probe runs inside the lease deadline.
-        let limit = MAX_ARP_PROBE_MS.min(dhcp.timeout_ms - 1);
-        if probe_ms > limit {
-            return Err(NetConfError::invalid(
-                "ipam.arpProbeMs",
-                format!(
-                    "{probe_ms} is out of range 0..={limit} (at most {MAX_ARP_PROBE_MS}, \
-                     and below ipam.timeoutMs)"
-                ),
-            ));
-        }
         dhcp.arp_probe_ms = probe_ms;
+    }
+    // The probe runs inside the lease deadline; the default one too.
+    let limit = MAX_ARP_PROBE_MS.min(dhcp.timeout_ms - 1);
+    if dhcp.arp_probe_ms > limit {
+        return Err(NetConfError::invalid(
+            "ipam.arpProbeMs",
+            format!(
+                "{} is out of range 0..={limit} (at most {MAX_ARP_PROBE_MS}, and below \
+                 ipam.timeoutMs; the default is {})",
+                dhcp.arp_probe_ms,
+                DhcpConfig::default().arp_probe_ms
+            ),
+        ));
     }
     if let Some(identity) = optional::<String>(ipam, "ipam.", "identity")? {
         dhcp.identity = match identity.as_str() {
@@ -983,6 +985,10 @@ mod tests {
         )));
         assert_eq!(field, "ipam.arpProbeMs");
         assert!(reason.contains("0..=999"), "{reason}");
+        // The default probe (300 ms) does not fit a 200 ms deadline either.
+        let (field, _) = invalid_field(parse(with("ipam", json!({"timeoutMs": 200}))));
+        assert_eq!(field, "ipam.arpProbeMs");
+        assert!(parse(with("ipam", json!({"timeoutMs": 200, "arpProbeMs": 0}))).is_ok());
         let (field, _) = invalid_field(parse(with("ipam", json!({"identity": "sticky"}))));
         assert_eq!(field, "ipam.identity");
         let (field, _) = invalid_field(parse(with(

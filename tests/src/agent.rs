@@ -62,7 +62,6 @@ pub struct Agent {
     _pin_reg: Registration,
     dir: LabDir,
     netns_path: PathBuf,
-    node_name: String,
     opts: AgentOptions,
 }
 
@@ -109,7 +108,6 @@ impl Agent {
             _pin_reg: pin_reg,
             dir,
             netns_path: node.path().to_owned(),
-            node_name: node.name().to_owned(),
             opts,
         };
         agent.spawn()?;
@@ -185,14 +183,6 @@ impl Agent {
         Ok(status)
     }
 
-    /// Sends `signal` without waiting.
-    pub fn signal(&mut self, signal: Signal) -> Result<()> {
-        self.proc
-            .as_mut()
-            .context("the agent is not running")?
-            .signal(signal)
-    }
-
     /// Stops the agent if it runs (SIGTERM) and starts it again with the same
     /// socket, state dir and pin dir; waits until it serves.
     pub fn restart(&mut self) -> Result<()> {
@@ -232,11 +222,6 @@ impl Agent {
     /// Where the agent pins its maps and programs.
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
-    }
-
-    /// Name of the node namespace it runs in.
-    pub fn node_name(&self) -> &str {
-        &self.node_name
     }
 
     /// Path of its log file.

@@ -228,14 +228,6 @@ pub(crate) fn sweep_once() {
     });
 }
 
-/// Every namespace of this process still present (for tests of the lab).
-pub fn our_netns() -> Vec<String> {
-    netns_list()
-        .into_iter()
-        .filter(|n| names::is_ours(n))
-        .collect()
-}
-
 /// Where the lab's temp dirs go.
 pub const TMP_ROOT: &str = "/tmp";
 

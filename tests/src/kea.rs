@@ -246,27 +246,6 @@ impl Kea {
         Ok(())
     }
 
-    /// Stops Kea if it runs and starts it again with `opts` (a new pool or
-    /// lease time); `forget_leases` first empties its lease file.
-    pub fn restart(&mut self, opts: KeaOptions, forget_leases: bool) -> Result<()> {
-        self.stop()?;
-        if forget_leases {
-            let _ = fs::remove_file(self.lease_file());
-        }
-        self.opts = opts;
-        self.spawn()
-    }
-
-    /// Whether Kea is running.
-    pub fn is_running(&mut self) -> bool {
-        self.proc.as_mut().is_some_and(BgProcess::is_running)
-    }
-
-    /// The options it runs with.
-    pub fn options(&self) -> &KeaOptions {
-        &self.opts
-    }
-
     /// The namespace of Kea's host (for captures on its `eth0`).
     pub fn ns(&self) -> &NetNs {
         self.host.ns()
@@ -275,11 +254,6 @@ impl Kea {
     /// Kea's address (its server identifier).
     pub fn ip(&self) -> Ipv4Addr {
         self.host.ip()
-    }
-
-    /// Kea's MAC.
-    pub fn mac(&self) -> &str {
-        self.host.mac()
     }
 
     /// The memfile lease file.

@@ -148,10 +148,11 @@ fn neigh_mac(ns: &lanlink_lab::NetNs, ip: Ipv4Addr) -> Result<Option<String>> {
         .map(str::to_ascii_lowercase))
 }
 
-/// Acceptance 5: a pod that forges its source IPv4 or source MAC, or
-/// answers ARP for another pod's address, has those frames dropped (none
-/// reaches the LAN), each counted under its drop reason; its honest frames
-/// still pass, and the victim's traffic and neighbour entries are intact.
+/// Acceptance 5: a pod that forges its source IPv4 or source MAC, answers
+/// ARP for another pod's address, or tags its frames with a VLAN, has those
+/// frames dropped (none reaches the LAN), each counted under its drop
+/// reason; its honest frames still pass, and the victim's traffic and
+/// neighbour entries are intact.
 #[test]
 fn forged_frames_are_dropped_and_counted() -> Result<()> {
     lanlink_lab::require_root();
@@ -182,6 +183,23 @@ fn forged_frames_are_dropped_and_counted() -> Result<()> {
     raw_send(&attacker, &udp(a_mac, v_ip, "forged-ip"), 3)?;
     raw_send(&attacker, &udp(v_mac, v_ip, "forged-mac"), 3)?;
     raw_send(&attacker, &udp(v_mac, a_ip, "forged-mac-only"), 2)?;
+    // Honest addresses but VLAN-tagged: one 802.1Q tag (the kernel moves
+    // it into the skb before TC), and QinQ (the inner tag stays in-line).
+    let tagged = |tags: &[[u8; 4]], name: &str| {
+        let mut f = udp(a_mac, a_ip, name);
+        let tags: Vec<u8> = tags.concat();
+        f.splice(12..12, tags);
+        f
+    };
+    raw_send(&attacker, &tagged(&[[0x81, 0x00, 0x00, 0x64]], "vlan"), 2)?;
+    raw_send(
+        &attacker,
+        &tagged(
+            &[[0x88, 0xa8, 0x00, 0x64], [0x81, 0x00, 0x00, 0x65]],
+            "qinq",
+        ),
+        2,
+    )?;
     raw_send(&attacker, &udp(a_mac, a_ip, "honest"), 2)?;
     let got = cap.finish(Duration::from_secs(12))?;
     let tags: Vec<String> = got
@@ -242,6 +260,7 @@ fn forged_frames_are_dropped_and_counted() -> Result<()> {
     pods::wait_grew(&agent, &before, "drop_spoof_ip", 3)?;
     pods::wait_grew(&agent, &before, "drop_spoof_mac", 5)?;
     pods::wait_grew(&agent, &before, "drop_spoof_arp", 8)?;
+    pods::wait_grew(&agent, &before, "drop_vlan", 4)?;
 
     // The victim is unaffected: the LAN still maps its address to its MAC,
     // and it talks both ways.

@@ -116,8 +116,11 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     agent.kill(Signal::SIGKILL)?;
     ensure!(!agent.is_running());
+    let at_kill = pods::stats(&agent)?;
     std::thread::sleep(Duration::from_secs(1));
     let counted_while_down = pods::stats(&agent)?;
+    // 1 s of p1's 20/s pings, forwarded with no agent running.
+    pods::ensure_grew(&at_kill, &counted_while_down, "redirect_uplink", 15)?;
     agent.restart()?;
     let s1 = finish_ping(ping1, &log1, "p1 → LAN host")?;
     let s2 = finish_ping(ping2, &log2, "p2 → p1")?;
@@ -165,10 +168,6 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     }
     let after = pods::stats(&agent)?;
     pods::ensure_grew(&counted_while_down, &after, "redirect_uplink", 1)?;
-    ensure!(
-        counted_while_down["redirect_uplink"] >= 20,
-        "forwarding was not counted while the agent was down: {counted_while_down:?}"
-    );
     ensure!(
         after
             .iter()

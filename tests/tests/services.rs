@@ -88,9 +88,12 @@ fn connect_and_check(
     ensure!(c.received == banner, "{me} → {to} got {:?}", c.received);
     // The server's FIN was read: wait until tcpdump wrote it too.
     let port = c.local.port();
-    cap.wait_for(1, Duration::from_secs(2), |p| {
-        p.dst_port == Some(port) && p.line.contains("[F")
-    });
+    ensure!(
+        cap.wait_for(1, Duration::from_secs(2), |p| {
+            p.dst_port == Some(port) && p.line.contains("[F")
+        }),
+        "{me} → {to}: the capture never saw the server's FIN"
+    );
     let got = cap.stop()?;
     let from = sources(&got, me, port);
     let want = format!("{}:{}", to.ip(), to.port());

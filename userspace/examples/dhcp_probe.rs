@@ -104,9 +104,7 @@ async fn main() -> anyhow::Result<()> {
                         hostname: dhcp::sanitize_hostname(&format!("probe-{pod}")),
                         timeout,
                         send_options: vec![(60, b"lanlink".to_vec())],
-                        arp_probe: (args.arp_probe_ms > 0).then(|| {
-                            dhcp::ArpProbe::within(Duration::from_millis(args.arp_probe_ms))
-                        }),
+                        arp_probe: dhcp::ArpProbe::from_millis(args.arp_probe_ms),
                     }
                 })
                 .collect();

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::{
-    dataplane::{Attachment, Dataplane, DataplaneError, Hook},
+    dataplane::{Dataplane, DataplaneError, Hook},
     dhcp::{self, DhcpClient, DhcpError, Lease, LeaseRequest},
     netlink::{self, NetlinkError, PodConfig, PodRoute, fmt_mac},
     state::{self, Endpoint, State, StateError, Store},
@@ -185,6 +185,16 @@ fn parse_cidr(field: &'static str, s: &str) -> Result<(Ipv4Addr, u8), AgentError
     Ok((ip, len))
 }
 
+/// The uplink subnet among `addresses` that `cidr` covers entirely, if any.
+fn covered_subnet(cidr: (Ipv4Addr, u8), addresses: &[(Ipv4Addr, u8)]) -> Option<(Ipv4Addr, u8)> {
+    use crate::firewall::network;
+    addresses.iter().find_map(|&(ip, len)| {
+        let subnet = network(ip, len);
+        (cidr.1 <= len && network(subnet, cidr.1) == network(cidr.0, cidr.1))
+            .then_some((subnet, len))
+    })
+}
+
 /// The routes written in the pod for `mode` (DESIGN.md "Packet paths").
 pub fn pod_routes(cfg: &AttachmentConfig, lease: &Lease) -> Result<Vec<PodRoute>, AgentError> {
     let src = Some(lease.address);
@@ -249,17 +259,10 @@ pub fn pod_routes(cfg: &AttachmentConfig, lease: &Lease) -> Result<Vec<PodRoute>
 }
 
 fn lease_info(ep: &Endpoint, lease: &Lease) -> LeaseInfo {
-    let renew_at = lease.obtained_at_unix + u64::from(lease.t1_secs);
-    let expires_at = lease.obtained_at_unix + u64::from(lease.lease_secs);
-    let now = now_unix();
-    let state = if ep.expired || now >= expires_at {
-        "expired"
-    } else if now >= lease.obtained_at_unix + u64::from(lease.t2_secs) {
-        "rebinding"
-    } else if now >= renew_at {
-        "renewing"
+    let state = if ep.expired {
+        dhcp::LeasePhase::Expired
     } else {
-        "bound"
+        lease.phase_at(now_unix())
     };
     LeaseInfo {
         container_id: ep.container_id.clone(),
@@ -269,9 +272,9 @@ fn lease_info(ep: &Endpoint, lease: &Lease) -> LeaseInfo {
         server: lease.server_id.to_string(),
         lease_secs: lease.lease_secs,
         obtained_at: lease.obtained_at_unix,
-        renew_at,
-        expires_at,
-        state: state.to_string(),
+        renew_at: lease.t1_at_unix(),
+        expires_at: lease.expires_at_unix(),
+        state: state.as_str().to_string(),
     }
 }
 
@@ -503,7 +506,15 @@ impl Agent {
             let mut prefixes: Vec<(Ipv4Addr, u8)> =
                 addresses.iter().map(|(ip, _)| (*ip, 32)).collect();
             for cidr in &configured {
-                prefixes.push(parse_cidr("hostRoutes", cidr)?);
+                let (ip, len) = parse_cidr("hostRoutes", cidr)?;
+                // The responder would then answer for the LAN's own hosts,
+                // router included, and pull every pod's LAN traffic into
+                // the node: such a prefix is routed, never answered.
+                if let Some((net, net_len)) = covered_subnet((ip, len), &addresses) {
+                    warn!(host_route = %cidr, subnet = %format!("{net}/{net_len}"), "hostRoutes entry covers the uplink's subnet; not answering ARP for it");
+                    continue;
+                }
+                prefixes.push((ip, len));
             }
             let mut prefixes: Vec<(Ipv4Addr, u8)> = prefixes
                 .into_iter()
@@ -554,23 +565,36 @@ impl Agent {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn lock_for(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
-        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
-        locks.entry(key.to_string()).or_default().clone()
+    /// Serialises operations on one attachment; the entry is dropped from
+    /// `locks` when the last holder or waiter lets go.
+    async fn lock_key(&self, key: &str) -> KeyLock<'_> {
+        let lock = {
+            let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+            locks.entry(key.to_string()).or_default().clone()
+        };
+        KeyLock {
+            locks: &self.locks,
+            key: key.to_string(),
+            guard: Some(lock.lock_owned().await),
+        }
     }
 
-    /// Saves the state with `ep` inserted (or removed, for `None`).
+    /// Saves the state with `ep` inserted (or removed, for `None`). When the
+    /// save fails, the state in memory is left as it was, so it never says
+    /// more than the disk (a retried ADD must not find a half-undone pod).
     fn commit(&self, key: &str, ep: Option<Endpoint>) -> Result<(), AgentError> {
         let mut st = self.state();
-        match ep {
-            Some(ep) => {
-                st.endpoints.insert(key.to_string(), ep);
-            }
-            None => {
-                st.endpoints.remove(key);
-            }
+        let previous = match ep {
+            Some(ep) => st.endpoints.insert(key.to_string(), ep),
+            None => st.endpoints.remove(key),
+        };
+        if let Err(e) = self.store.save(&st) {
+            match previous {
+                Some(prev) => st.endpoints.insert(key.to_string(), prev),
+                None => st.endpoints.remove(key),
+            };
+            return Err(e.into());
         }
-        self.store.save(&st)?;
         Ok(())
     }
 
@@ -676,8 +700,7 @@ impl Agent {
             reason: "ADD needs the pod's network namespace".into(),
         })?;
         let key = state::key(&req.container_id, &req.ifname);
-        let lock = self.lock_for(&key);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_key(&key).await;
 
         if let Some(existing) = self.state().endpoints.get(&key).cloned() {
             // The runtime retried an ADD that succeeded: answer the same result.
@@ -693,13 +716,21 @@ impl Agent {
                 reason: format!("{key} is already attached in {}", existing.netns),
             });
         }
+        // Everything the netconf can get wrong, before anything is made.
         for cidr in &req.config.host_routes {
             parse_cidr("hostRoutes", cidr)?;
         }
+        let send_options = match &req.config.dhcp {
+            Some(d) => parse_send_options(d)?,
+            None => Vec::new(),
+        };
 
         let mut undo = Undo::default();
         self.host_routes_in_flight(&req.config.host_routes, true);
-        let res = match self.add_steps(&req, &netns, &key, &mut undo).await {
+        let res = match self
+            .add_steps(&req, &netns, &key, send_options, &mut undo)
+            .await
+        {
             Ok(r) => Ok(r),
             Err(e) => {
                 warn!(attachment = %key, error = %e, "ADD failed, undoing");
@@ -708,6 +739,13 @@ impl Agent {
             }
         };
         self.host_routes_in_flight(&req.config.host_routes, false);
+        if res.is_err()
+            && !req.config.host_routes.is_empty()
+            && let Err(e) = self.sync_host_routes().await
+        {
+            // The failed ADD's prefixes stay answered until the next sync.
+            warn!(attachment = %key, error = %e, "cannot rewrite the host-routes map");
+        }
         res
     }
 
@@ -716,6 +754,7 @@ impl Agent {
         req: &AttachmentRequest,
         netns: &str,
         key: &str,
+        send_options: Vec<(u8, Vec<u8>)>,
         undo: &mut Undo,
     ) -> Result<AttachmentResult, AgentError> {
         let (mac, client_id) = match req
@@ -780,18 +819,14 @@ impl Agent {
         //    and the dataplane for the pod. Attaching waits in the kernel for
         //    RCU grace periods, ~10 ms each on a small VM, so running it
         //    beside the DHCP exchange and ARP probe hides it.
-        let lease_req = match &req.config.dhcp {
-            Some(dcfg) => Some(LeaseRequest {
-                mac,
-                client_id,
-                hostname: req.pod.name.as_deref().and_then(dhcp::sanitize_hostname),
-                timeout: Duration::from_millis(dcfg.timeout_ms),
-                send_options: parse_send_options(dcfg)?,
-                arp_probe: (dcfg.arp_probe_ms > 0)
-                    .then(|| dhcp::ArpProbe::within(Duration::from_millis(dcfg.arp_probe_ms))),
-            }),
-            None => None,
-        };
+        let lease_req = req.config.dhcp.as_ref().map(|dcfg| LeaseRequest {
+            mac,
+            client_id,
+            hostname: req.pod.name.as_deref().and_then(dhcp::sanitize_hostname),
+            timeout: Duration::from_millis(dcfg.timeout_ms),
+            send_options,
+            arp_probe: dhcp::ArpProbe::from_millis(dcfg.arp_probe_ms),
+        });
         let acquire = async {
             match &lease_req {
                 Some(r) => Some(self.dhcp.acquire(r).await),
@@ -854,7 +889,9 @@ impl Agent {
             self.commit(key, None)?;
             return Err(e);
         }
-        self.spawn_renewal(key.to_string());
+        if ep.lease.is_some() {
+            self.spawn_renewal(key.to_string());
+        }
         phases.mark("commit");
         info!(attachment = %key, elapsed_ms = phases.total_ms(), phases = %phases, "attached");
         Ok(result_for(&ep, &routes))
@@ -869,14 +906,10 @@ impl Agent {
         undo: &mut Undo,
         phases: &mut Phases,
     ) -> Result<(), AgentError> {
-        let attachments = self.with_dataplane(|dp| {
-            Ok::<_, DataplaneError>([
-                dp.attachment(&ep.host_veth, Hook::FromPod)?,
-                dp.attachment(&ep.host_veth, Hook::ToPod)?,
-            ])
-        })?;
+        let attachments =
+            self.with_dataplane(|dp| dp.attachments(&ep.host_veth, &[Hook::FromPod, Hook::ToPod]))?;
         undo.attached = true;
-        attach_all(attachments).await?;
+        attachments.run_blocking().await?;
         phases.mark("attach");
         let entry = self.endpoint_entry(ep);
         self.with_dataplane(|dp| dp.upsert_endpoint(ep.host_ifindex, entry))?;
@@ -921,8 +954,7 @@ impl Agent {
     /// CNI DEL: idempotent; succeeds when the attachment is already gone.
     pub async fn del(self: &Arc<Self>, req: AttachmentRequest) -> Result<(), AgentError> {
         let key = state::key(&req.container_id, &req.ifname);
-        let lock = self.lock_for(&key);
-        let _guard = lock.lock().await;
+        let _guard = self.lock_key(&key).await;
         let ep = self.state().endpoints.get(&key).cloned();
         match ep {
             Some(ep) => self.remove(&ep).await,
@@ -975,8 +1007,8 @@ impl Agent {
             dp.detach(&ep.host_veth, Hook::ToPod)
         })?;
         netlink::delete_link(&self.nl, &ep.host_veth).await?;
+        // `remove_endpoint` already took the veth out of the flood list.
         self.commit(&key, None)?;
-        self.sync_flood()?;
         if let Err(e) = self.sync_host_routes().await {
             warn!(attachment = %key, error = %e, "cannot rewrite the host-routes map");
         }
@@ -1083,8 +1115,7 @@ impl Agent {
             .collect();
         let mut removed = Vec::new();
         for ep in stale {
-            let lock = self.lock_for(&ep.key());
-            let _guard = lock.lock().await;
+            let _guard = self.lock_key(&ep.key()).await;
             self.remove(&ep).await?;
             removed.push(AttachmentId {
                 container_id: ep.container_id,
@@ -1201,8 +1232,7 @@ impl Agent {
                     };
                     match outcome {
                         Ok(new) if new.address == current.address => {
-                            let lock = self.lock_for(&key);
-                            let _g = lock.lock().await;
+                            let _guard = self.lock_key(&key).await;
                             let Some(mut ep) = self.state().endpoints.get(&key).cloned() else {
                                 return;
                             };
@@ -1254,8 +1284,7 @@ impl Agent {
     /// host route and the pod's address are removed, and the event is logged
     /// and counted. The attachment itself stays until DEL or GC.
     async fn expire(&self, key: &str) {
-        let lock = self.lock_for(key);
-        let _g = lock.lock().await;
+        let _guard = self.lock_key(key).await;
         let Some(mut ep) = self.state().endpoints.get(key).cloned() else {
             return;
         };
@@ -1372,13 +1401,43 @@ impl fmt::Display for Phases {
     }
 }
 
-/// Runs `attachments` on the blocking pool (each waits in the kernel for an
-/// RCU grace period, see [`Attachment::run`]). Fails with the first error,
-/// after all have finished.
-async fn attach_all(
-    attachments: impl IntoIterator<Item = Attachment>,
-) -> Result<(), DataplaneError> {
-    let results =
-        futures::future::join_all(attachments.into_iter().map(Attachment::run_blocking)).await;
-    results.into_iter().collect()
+/// The lock of one attachment (see [`Agent::lock_key`]).
+struct KeyLock<'a> {
+    locks: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    key: String,
+    guard: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl Drop for KeyLock<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        // Anyone waiting for this attachment holds a clone: keep it then.
+        if locks
+            .get(&self.key)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
+            locks.remove(&self.key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_routes_that_cover_the_lan_are_found() {
+        let uplink = [(Ipv4Addr::new(198, 18, 0, 10), 22)];
+        let lan = Some((Ipv4Addr::new(198, 18, 0, 0), 22));
+        let ip = |a, b, c, d| Ipv4Addr::new(a, b, c, d);
+        assert_eq!(covered_subnet((ip(0, 0, 0, 0), 0), &uplink), lan);
+        assert_eq!(covered_subnet((ip(198, 18, 0, 0), 16), &uplink), lan);
+        assert_eq!(covered_subnet((ip(198, 18, 0, 0), 22), &uplink), lan);
+        // Inside the LAN (a node address) or elsewhere: answered as before.
+        assert_eq!(covered_subnet((ip(198, 18, 0, 2), 32), &uplink), None);
+        assert_eq!(covered_subnet((ip(198, 18, 0, 0), 24), &uplink), None);
+        assert_eq!(covered_subnet((ip(198, 19, 0, 0), 16), &uplink), None);
+        assert_eq!(covered_subnet((ip(0, 0, 0, 0), 0), &[]), None);
+    }
 }

@@ -13,7 +13,7 @@ use std::{
 };
 
 use anyhow::Context as _;
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData};
 use lanlink_cni::{
     api::{EndpointInfo, LeaseInfo, StatusResponse},
     client::{AgentClient, ClientError},
@@ -22,7 +22,7 @@ use lanlink_common::{Counter, EndpointByIf, Verdict, endpoint_flags, map_names};
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    dataplane::DataplaneError,
+    dataplane::{DataplaneError, map_err},
     flows::{FlowTable, FlowsError},
     paths,
 };
@@ -104,23 +104,14 @@ pub struct PinnedEndpoint {
     pub flags: Vec<String>,
 }
 
-fn map_error(map: &'static str, what: &str) -> impl FnOnce(MapError) -> DataplaneError {
-    let what = what.to_owned();
-    move |source| DataplaneError::Map {
-        map,
-        what,
-        source: Box::new(source),
-    }
-}
-
 fn open_pinned_hash<K: aya::Pod, V: aya::Pod>(
     pin_dir: &Path,
     name: &'static str,
 ) -> Result<HashMap<MapData, K, V>, DataplaneError> {
     let data =
-        MapData::from_pin(pin_dir.join(name)).map_err(map_error(name, "open the pinned map"))?;
-    let map = Map::from_map_data(data).map_err(map_error(name, "open the pinned map"))?;
-    HashMap::try_from(map).map_err(map_error(name, "open the pinned map"))
+        MapData::from_pin(pin_dir.join(name)).map_err(map_err(name, "open the pinned map"))?;
+    let map = Map::from_map_data(data).map_err(map_err(name, "open the pinned map"))?;
+    HashMap::try_from(map).map_err(map_err(name, "open the pinned map"))
 }
 
 fn ifname_of(index: u32) -> Option<String> {

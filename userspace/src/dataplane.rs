@@ -85,11 +85,9 @@ pub enum DataplaneError {
     /// The object lacks an expected program or map.
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
-    /// The blocking task of an [`Attachment`] panicked or was cancelled.
-    #[error("attaching {program} to {ifname} did not finish")]
+    /// The blocking task of [`Attachments`] panicked or was cancelled.
+    #[error("attaching the programs to {ifname} did not finish")]
     AttachTask {
-        /// The program.
-        program: &'static str,
         /// The interface.
         ifname: String,
         /// Why.
@@ -98,7 +96,7 @@ pub enum DataplaneError {
     },
 }
 
-fn map_err(
+pub(crate) fn map_err(
     map: &'static str,
     what: impl Into<String>,
 ) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
@@ -221,12 +219,8 @@ impl Dataplane {
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         for hook in [Hook::FromPod, Hook::ToPod, Hook::FromLan] {
-            let prog: &mut SchedClassifier = ebpf
-                .program_mut(hook.program())
-                .ok_or(DataplaneError::Missing("program"))?
-                .try_into()
-                .map_err(prog_err(format!("use {} as a TC program", hook.program())))?;
-            prog.load()
+            classifier(&mut ebpf, hook)?
+                .load()
                 .map_err(prog_err(format!("load {}", hook.program())))?;
         }
 
@@ -280,35 +274,31 @@ impl Dataplane {
     /// link exists (a previous agent's), the new program replaces the old one
     /// in it atomically.
     pub fn attach(&mut self, ifname: &str, hook: Hook) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(ifname, hook);
-        attach_pinned(self.classifier_mut(hook)?, ifname, hook, &pin)
+        self.attachments(ifname, &[hook])?.run()
     }
 
-    /// A handle that attaches `hook`'s program to `ifname` without this
-    /// `Dataplane`: [`Attachment::run`] blocks for a kernel RCU grace period
-    /// (a TCX attach waits for one, ~10 ms on a small VM), which must not
-    /// hold the lock every ADD, DEL and renewal needs.
-    pub fn attachment(&mut self, ifname: &str, hook: Hook) -> Result<Attachment, DataplaneError> {
-        let info = self
-            .classifier_mut(hook)?
-            .info()
-            .map_err(prog_err(format!("query {}", hook.program())))?;
-        let prog = SchedClassifier::from_program_info(info, hook.program().into())
-            .map_err(prog_err(format!("open a handle of {}", hook.program())))?;
-        Ok(Attachment {
-            prog,
+    /// Handles that attach `hooks`' programs to `ifname` without this
+    /// `Dataplane`: [`Attachments::run`] blocks for a kernel RCU grace
+    /// period per program (a TCX attach waits for one, ~10 ms on a small
+    /// VM), which must not hold the lock every ADD, DEL and renewal needs.
+    pub fn attachments(
+        &mut self,
+        ifname: &str,
+        hooks: &[Hook],
+    ) -> Result<Attachments, DataplaneError> {
+        let mut progs = Vec::with_capacity(hooks.len());
+        for &hook in hooks {
+            let info = classifier(&mut self.ebpf, hook)?
+                .info()
+                .map_err(prog_err(format!("query {}", hook.program())))?;
+            let prog = SchedClassifier::from_program_info(info, hook.program().into())
+                .map_err(prog_err(format!("open a handle of {}", hook.program())))?;
+            progs.push((prog, hook, self.link_pin(ifname, hook)));
+        }
+        Ok(Attachments {
             ifname: ifname.to_owned(),
-            hook,
-            pin: self.link_pin(ifname, hook),
+            progs,
         })
-    }
-
-    fn classifier_mut(&mut self, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
-        self.ebpf
-            .program_mut(hook.program())
-            .ok_or(DataplaneError::Missing("program"))?
-            .try_into()
-            .map_err(prog_err(format!("use {} as a TC program", hook.program())))
     }
 
     /// Detaches `hook` from `ifname` by removing its pinned link. Succeeds if
@@ -482,6 +472,14 @@ impl Dataplane {
     }
 }
 
+/// `hook`'s program in `ebpf`.
+fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
+    ebpf.program_mut(hook.program())
+        .ok_or(DataplaneError::Missing("program"))?
+        .try_into()
+        .map_err(prog_err(format!("use {} as a TC program", hook.program())))
+}
+
 /// Attaches `hook`'s program `prog` to `ifname` and pins the link at
 /// `pin`; if a link is pinned there already (a previous agent's), `prog`
 /// replaces the program in it atomically instead.
@@ -536,35 +534,31 @@ fn attach_pinned(
 /// `cargo xtask bench` than taking them one at a time here.
 static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// One program to attach to one interface, detached from the [`Dataplane`]
-/// (see [`Dataplane::attachment`]).
-pub struct Attachment {
-    prog: SchedClassifier,
+/// Programs to attach to one interface, detached from the [`Dataplane`]
+/// (see [`Dataplane::attachments`]).
+pub struct Attachments {
     ifname: String,
-    hook: Hook,
-    pin: PathBuf,
+    /// Each program with its hook and its link's pin.
+    progs: Vec<(SchedClassifier, Hook, PathBuf)>,
 }
 
-impl Attachment {
-    /// Attaches and pins the link, blocking (run it off the async workers).
-    /// One at a time (see [`ATTACHING`]).
-    pub fn run(mut self) -> Result<(), DataplaneError> {
+impl Attachments {
+    /// Attaches each program and pins its link, in order, holding
+    /// [`ATTACHING`]; blocks (see [`run_blocking`](Self::run_blocking)).
+    pub fn run(self) -> Result<(), DataplaneError> {
         let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
-        attach_pinned(&mut self.prog, &self.ifname, self.hook, &self.pin)
+        for (mut prog, hook, pin) in self.progs {
+            attach_pinned(&mut prog, &self.ifname, hook, &pin)?;
+        }
+        Ok(())
     }
 
     /// [`run`](Self::run) on tokio's blocking pool.
     pub async fn run_blocking(self) -> Result<(), DataplaneError> {
-        let (program, ifname) = (self.hook.program(), self.ifname.clone());
+        let ifname = self.ifname.clone();
         tokio::task::spawn_blocking(move || self.run())
             .await
-            .unwrap_or_else(|source| {
-                Err(DataplaneError::AttachTask {
-                    program,
-                    ifname,
-                    source,
-                })
-            })
+            .unwrap_or_else(|source| Err(DataplaneError::AttachTask { ifname, source }))
     }
 }
 

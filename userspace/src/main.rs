@@ -70,7 +70,7 @@ struct RunArgs {
         long,
         value_name = "SECS",
         env = "LANLINK_FLOW_TIMEOUT",
-        default_value_t = 300
+        default_value_t = lanlink_agent::flows::DEFAULT_IDLE_TIMEOUT.as_secs()
     )]
     flow_timeout: u64,
     /// The iptables binary for the agent's FORWARD accepts and masquerade

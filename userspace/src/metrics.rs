@@ -217,6 +217,11 @@ async fn host_link_counters() -> anyhow::Result<HashMap<u32, LinkCounters>> {
     result.map(|()| out)
 }
 
+/// A Unix time as a gauge value; never (an infinite lease) is `i64::MAX`.
+fn unix_gauge(t: u64) -> i64 {
+    i64::try_from(t).unwrap_or(i64::MAX)
+}
+
 /// Per-endpoint labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EndpointLabels {
@@ -493,7 +498,7 @@ impl Collector for Snapshot {
             Some(&Unit::Seconds),
             self.leases
                 .iter()
-                .map(|l| (lease_labels(l), ConstGauge::new(l.expires_at as i64))),
+                .map(|l| (lease_labels(l), ConstGauge::new(unix_gauge(l.expires_at)))),
         )?;
         family(
             &mut enc,
@@ -502,7 +507,7 @@ impl Collector for Snapshot {
             Some(&Unit::Seconds),
             self.leases
                 .iter()
-                .map(|l| (lease_labels(l), ConstGauge::new(l.renew_at as i64))),
+                .map(|l| (lease_labels(l), ConstGauge::new(unix_gauge(l.renew_at)))),
         )?;
         Ok(())
     }

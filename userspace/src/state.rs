@@ -7,7 +7,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use lanlink_cni::api::{AttachmentConfig, EndpointInfo, Mode, PodIdentity};
+use lanlink_cni::api::{AttachmentConfig, EndpointInfo, PodIdentity};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -92,11 +92,6 @@ impl Endpoint {
                 .map(|l| format!("{}/{}", l.address, l.prefix_len)),
             mode: self.config.mode,
         }
-    }
-
-    /// Primary or secondary.
-    pub fn mode(&self) -> Mode {
-        self.config.mode
     }
 }
 

@@ -137,26 +137,29 @@ fn demo(bin_dir: &Path) -> Result<()> {
         agent.pin_dir().display()
     ));
     let map = agent.pin_dir().join(EP_BY_MAC);
-    match Command::new("bpftool")
-        .args(["map", "dump", "pinned"])
-        .arg(&map)
-        .output()
-    {
+    match lanlink_lab::cmd::run(
+        Command::new("bpftool")
+            .args(["map", "dump", "pinned"])
+            .arg(&map),
+        lanlink_lab::cmd::SHORT,
+    ) {
         Ok(out) => {
             print!("{}", String::from_utf8_lossy(&out.stdout));
             eprint!("{}", String::from_utf8_lossy(&out.stderr));
         }
-        Err(e) => println!("cannot run bpftool: {e}"),
+        Err(e) => println!("cannot run bpftool: {e:#}"),
     }
 
     // The agent's own view, as an operator sees it.
     for sub in ["leases", "stats"] {
         heading(&format!("lanlinkd {sub}"));
-        let out = Command::new(bin_dir.join("lanlinkd"))
-            .arg(sub)
-            .arg("--socket")
-            .arg(agent.socket())
-            .output();
+        let out = lanlink_lab::cmd::run(
+            Command::new(bin_dir.join(lanlink_lab::AGENT_BIN))
+                .arg(sub)
+                .arg("--socket")
+                .arg(agent.socket()),
+            lanlink_lab::cmd::SHORT,
+        );
         match out {
             Ok(out) => {
                 print!("{}", String::from_utf8_lossy(&out.stdout));
@@ -166,7 +169,7 @@ fn demo(bin_dir: &Path) -> Result<()> {
                 }
             }
             Err(e) => {
-                println!("cannot run lanlinkd {sub}: {e}");
+                println!("cannot run lanlinkd {sub}: {e:#}");
                 failures += 1;
             }
         }

@@ -233,11 +233,12 @@ verdicts! {
     /// A DHCPACK from the LAN taught the dataplane the address of a pod that
     /// runs its own DHCP client (counted besides the frame's own verdict).
     DhcpLearnt = 15, "dhcp_learnt", false;
+    /// Dropped: a pod sent a VLAN-tagged frame.
+    DropVlan = 16, "drop_vlan", true;
 }
 
 /// Number of verdicts (the `STATS` slots in use).
-pub const VERDICT_COUNT: u32 = 16;
-const _: () = assert!(Verdict::ALL.len() == VERDICT_COUNT as usize);
+pub const VERDICT_COUNT: u32 = Verdict::ALL.len() as u32;
 
 /// Size of the `STATS` array. Larger than [`VERDICT_COUNT`] so that adding
 /// verdicts does not change the pinned map's definition: an upgraded agent

@@ -15,6 +15,8 @@ pub(crate) const ETH_LEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 /// EtherType ARP.
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
+/// EtherTypes of VLAN tags: 802.1Q, 802.1ad (QinQ) and the old QinQ 0x9100.
+const ETH_P_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 
 /// `skb->pkt_type` value for frames addressed to this host.
 pub(crate) const PACKET_HOST: u32 = 0;
@@ -82,6 +84,13 @@ pub(crate) fn from_pod(ctx: &TcContext) -> Result<Action, Verdict> {
     let (dst, src, proto) = unsafe { ((*eth).dst, (*eth).src, u16::from_be_bytes((*eth).proto)) };
     if src != ep.mac {
         return Err(Verdict::DropSpoofMac);
+    }
+    // A pod is an untagged access port: a VLAN tag would carry its frames
+    // onto another VLAN past every check below (the kernel has already
+    // moved an outer tag into the skb's metadata; an inner one is in-line).
+    // SAFETY: reading the context's own metadata.
+    if unsafe { (*ctx.skb.skb).vlan_present } != 0 || ETH_P_VLAN.contains(&proto) {
+        return Err(Verdict::DropVlan);
     }
 
     // Anti-spoofing and the host-bound cases (ARP responder, flows that must

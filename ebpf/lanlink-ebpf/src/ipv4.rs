@@ -179,10 +179,24 @@ pub(crate) fn to_pod(ctx: &TcContext) -> Result<Action, Verdict> {
         proto: p.proto,
         _pad: [0; 3],
     };
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // SAFETY: reading the context's own metadata.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // A known flow is refreshed in place: an LRU update would take a fresh
+    // node and swap it in under the bucket lock for every frame.
+    if let Some(v) = maps::FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a valid map value; racing writers store the same values.
+        unsafe {
+            if (*v).ifindex == ifindex {
+                (*v).last_seen_ns = now;
+                return Ok(Action::pass(Verdict::FlowLearnt));
+            }
+        }
+    }
     let value = FlowValue {
-        // SAFETY: plain helper call.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        ifindex: unsafe { (*ctx.skb.skb).ifindex },
+        last_seen_ns: now,
+        ifindex,
         _pad: 0,
     };
     // An LRU map evicts the oldest flow when full, so a failure is rare; the

@@ -49,13 +49,10 @@ pub struct ArpProbe {
 }
 
 impl Default for ArpProbe {
+    /// 300 ms: two probes 100 ms apart (in case one is lost), then 200 ms
+    /// listening.
     fn default() -> Self {
-        // About 300 ms per lease: two probes in case one is lost.
-        ArpProbe {
-            probes: 2,
-            interval: Duration::from_millis(100),
-            wait: Duration::from_millis(200),
-        }
+        Self::within(Duration::from_millis(300))
     }
 }
 
@@ -78,6 +75,12 @@ impl ArpProbe {
             interval,
             wait: total - interval,
         }
+    }
+
+    /// The probe of netconf `ipam.arpProbeMs`: [`within`](Self::within)
+    /// that many milliseconds, or none for 0.
+    pub fn from_millis(ms: u64) -> Option<Self> {
+        (ms > 0).then(|| Self::within(Duration::from_millis(ms)))
     }
 
     /// The longest a probe can take.
@@ -294,9 +297,15 @@ mod tests {
     #[test]
     fn within_spends_exactly_the_budget() {
         assert_eq!(
-            ArpProbe::within(Duration::from_millis(300)),
-            ArpProbe::default()
+            ArpProbe::default(),
+            ArpProbe {
+                probes: 2,
+                interval: Duration::from_millis(100),
+                wait: Duration::from_millis(200),
+            }
         );
+        assert_eq!(ArpProbe::from_millis(0), None);
+        assert_eq!(ArpProbe::from_millis(300), Some(ArpProbe::default()));
         for ms in [1, 29, 30, 31, 100, 1000, 2999] {
             let p = ArpProbe::within(Duration::from_millis(ms));
             assert_eq!(p.duration(), Duration::from_millis(ms), "{p:?}");

@@ -373,7 +373,7 @@ impl DhcpClient {
                     .wait_for(until, |msg| {
                         progress.server = Some(msg.reply.opts.server_id.unwrap_or(msg.src_ip));
                         msg.reply.msg_type == MessageType::Offer
-                            && usable(msg.reply.yiaddr)
+                            && wire::usable(msg.reply.yiaddr)
                             && !progress.declined.contains(&msg.reply.yiaddr)
                     })
                     .await;
@@ -893,11 +893,6 @@ async fn receive_loop(shared: Arc<Shared>) {
             }
         }
     }
-}
-
-/// An address a server may lease to a client.
-fn usable(addr: Ipv4Addr) -> bool {
-    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback())
 }
 
 fn unix_now() -> u64 {

@@ -97,8 +97,7 @@ impl Lease {
 }
 
 /// Where a lease is in its life (RFC 2131 figure 5, client side).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeasePhase {
     /// Valid and before T1.
     Bound,
@@ -108,6 +107,18 @@ pub enum LeasePhase {
     Rebinding,
     /// Past the lease time, or refused by a DHCPNAK: the address must go.
     Expired,
+}
+
+impl LeasePhase {
+    /// `bound`, `renewing`, `rebinding` or `expired`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeasePhase::Bound => "bound",
+            LeasePhase::Renewing => "renewing",
+            LeasePhase::Rebinding => "rebinding",
+            LeasePhase::Expired => "expired",
+        }
+    }
 }
 
 /// What the agent should do next for one lease.

@@ -162,34 +162,43 @@ mod tests {
     }
 
     #[test]
-    fn a_crash_mid_write_leaves_the_old_file_whole() {
+    fn a_failed_write_leaves_the_target_whole_and_no_temp_file() {
         let dir = TempDir::new();
+        // The target is a non-empty directory: everything up to the rename
+        // succeeds, the rename fails, as a crash before it would leave it.
         let path = dir.0.join("lease.json");
-        save_atomic(&path, &sample()).unwrap();
-        let before = fs::read(&path).unwrap();
-        // The temp file is never the target, so a crash between create and
-        // rename leaves a half-written temp file and an intact target.
+        fs::create_dir(&path).unwrap();
+        fs::write(path.join("keep"), b"x").unwrap();
+        let err = save_atomic(&path, &sample()).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DhcpError::PersistIo {
+                    op: "renaming into",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs::read(path.join("keep")).unwrap(), b"x");
+        let names: Vec<_> = fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("lease.json")],
+            "the temp file is removed"
+        );
+        // Temp files are per call and beside the target (rename in place).
         let tmp = temp_path(&path);
         assert_ne!(tmp, path);
-        assert_eq!(
-            tmp.parent(),
-            path.parent(),
-            "rename must not cross directories"
-        );
-        assert!(
-            tmp.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .contains(TEMP_MARKER)
-        );
+        assert_eq!(tmp.parent(), path.parent());
         assert_ne!(
             temp_path(&path),
             tmp,
             "concurrent writers need distinct temp files"
         );
-        fs::write(&tmp, &before[..before.len() / 2]).unwrap();
-        assert_eq!(load::<Lease>(&path).unwrap(), Some(sample()));
-        assert_eq!(fs::read(&path).unwrap(), before);
     }
 
     #[test]

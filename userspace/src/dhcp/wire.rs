@@ -620,6 +620,11 @@ pub(crate) struct LeaseOwner<'a> {
     pub hostname: Option<&'a str>,
 }
 
+/// An address a server may lease to a client.
+pub(crate) fn usable(addr: Ipv4Addr) -> bool {
+    !(addr.is_unspecified() || addr.is_broadcast() || addr.is_multicast() || addr.is_loopback())
+}
+
 /// Builds the [`Lease`] an ACK grants.
 ///
 /// `server_mac` is the ACK's Ethernet source (the server, or the relay for an
@@ -638,11 +643,7 @@ pub(crate) fn lease_from_ack(
         return Err(DhcpError::malformed("not a dhcpack"));
     }
     let address = ack.yiaddr;
-    if address.is_unspecified()
-        || address.is_broadcast()
-        || address.is_multicast()
-        || address.is_loopback()
-    {
+    if !usable(address) {
         return Err(DhcpError::malformed("ack without a usable yiaddr"));
     }
     let o = &ack.opts;

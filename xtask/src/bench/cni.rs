@@ -40,7 +40,7 @@ pub fn add_latency(topo: &Topology, n: usize) -> Result<Vec<CniResult>> {
         record(&mut results[0], &mut pods[0], ns, out.ok(), took);
 
         let ns = NetNs::new(&format!("cni-np-{i}"))?;
-        let (out, took) = topo.lanlink.add_probing(&topo.bin_dir, &ns, 0)?;
+        let (out, took) = topo.lanlink.add_probing(&topo.bin_dir, &ns, Some(0))?;
         record(&mut results[1], &mut pods[1], ns, out.ok(), took);
 
         let ns = NetNs::new(&format!("cni-ref-{i}"))?;

@@ -581,8 +581,10 @@ fn method_markdown(md: &mut String, m: &Meta) {
          - `bridge`: a node namespace with `br0`, `eth0` enslaved and its address \
          moved to `br0`, `bridge-nf-call-iptables=1`, pods attached by the \
          reference `bridge` plugin with the `dhcp` IPAM (its daemon in the node).\n\n\
-         `/1k`, `/10k`: that many rules in the node's `filter FORWARD` chain, \
-         loaded with one `iptables-restore`, each `{}`, none matching the \
+         `/1k`, `/10k`: that many rules in a chain the node's `filter FORWARD` \
+         jumps to first (the rest of the table, lanlinkd's rules included, \
+         untouched), loaded with one `iptables-restore --noflush`, each `{}`, \
+         none matching the \
          benchmark's traffic (policy ACCEPT, no conntrack shortcut), so every \
          forwarded packet is compared against all of them. The lanlink \
          variant carries the same rule sets: its packets are redirected in TC \

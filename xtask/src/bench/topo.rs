@@ -383,19 +383,21 @@ impl LanlinkSide {
     /// CNI ADD of a pod in `ns` through the lanlink plugin, run in the node
     /// namespace; returns the output and the call's wall time.
     pub fn add(&self, bin_dir: &Path, ns: &NetNs) -> Result<(CniOutput, Duration)> {
-        let call = self.call("ADD", ns);
-        timed(|| cni_exec(&bin_dir.join(lanlink_lab::CNI_BIN), &call))
+        self.add_probing(bin_dir, ns, None)
     }
 
-    /// [`add`](Self::add) with `ipam.arpProbeMs` set to `probe_ms`.
+    /// [`add`](Self::add) with `ipam.arpProbeMs` set to `probe_ms` (`None`:
+    /// the netconf's default).
     pub fn add_probing(
         &self,
         bin_dir: &Path,
         ns: &NetNs,
-        probe_ms: u64,
+        probe_ms: Option<u64>,
     ) -> Result<(CniOutput, Duration)> {
         let mut call = self.call("ADD", ns);
-        call.netconf["ipam"] = serde_json::json!({"arpProbeMs": probe_ms});
+        if let Some(ms) = probe_ms {
+            call.netconf["ipam"] = serde_json::json!({"arpProbeMs": ms});
+        }
         timed(|| cni_exec(&bin_dir.join(lanlink_lab::CNI_BIN), &call))
     }
 
