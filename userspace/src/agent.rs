@@ -1114,15 +1114,29 @@ impl Agent {
             .cloned()
             .collect();
         let mut removed = Vec::new();
+        let mut first_err = None;
         for ep in stale {
-            let _guard = self.lock_key(&ep.key()).await;
-            self.remove(&ep).await?;
+            let key = ep.key();
+            let _guard = self.lock_key(&key).await;
+            // A DEL may have removed it (or an ADD replaced it) meanwhile.
+            let Some(ep) = self.state().endpoints.get(&key).cloned() else {
+                continue;
+            };
+            // One that cannot be removed does not keep the others.
+            if let Err(e) = self.remove(&ep).await {
+                warn!(attachment = %key, error = %e, "GC could not remove the attachment");
+                first_err.get_or_insert(e);
+                continue;
+            }
             removed.push(AttachmentId {
                 container_id: ep.container_id,
                 ifname: ep.ifname,
             });
         }
-        Ok(GcResponse { removed })
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(GcResponse { removed }),
+        }
     }
 
     /// At start: re-attach the new programs to every known host veth (an
