@@ -4,9 +4,9 @@ use std::io;
 
 use serde_json::{Value, json};
 
-use crate::api::codes;
-use crate::client::ClientError;
 use crate::netconf::{CniVersion, Command, EnvError, NetConfError};
+use lanlink_api::client::ClientError;
+use lanlink_api::codes;
 
 /// Why a verb failed. [`CniError::code`] is the only mapping to spec codes.
 #[derive(Debug, thiserror::Error)]
@@ -64,12 +64,12 @@ impl CniError {
         match self {
             CniError::Env(_) => codes::INVALID_ENV,
             CniError::NetConf(NetConfError::IncompatibleVersion { .. })
-            | CniError::VersionNotAllowed { .. } => 1,
+            | CniError::VersionNotAllowed { .. } => codes::INCOMPATIBLE_VERSION,
             CniError::NetConf(NetConfError::Decode { .. } | NetConfError::NotAnObject { .. }) => {
                 codes::DECODE
             }
             CniError::NetConf(NetConfError::Invalid { .. }) => codes::INVALID_CONFIG,
-            CniError::Stdin { .. } => 5,
+            CniError::Stdin { .. } => codes::IO,
             // STATUS only has "plugin not available" and "limited connectivity".
             CniError::Agent {
                 command: Command::Status,
@@ -121,8 +121,8 @@ impl CniError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::ApiError;
-    use hyper::StatusCode;
+    use lanlink_api::ApiError;
+    use lanlink_api::client::StatusCode;
     use std::path::PathBuf;
 
     fn unreachable() -> ClientError {
@@ -150,7 +150,7 @@ mod tests {
                 command,
                 source: unreachable(),
             };
-            assert_eq!(e.code(), 11, "{command}");
+            assert_eq!(e.code(), codes::TRY_AGAIN_LATER, "{command}");
             assert!(
                 e.to_string()
                     .starts_with("agent not reachable at /run/lanlink/lanlink.sock: ")
@@ -160,30 +160,30 @@ mod tests {
             command: Command::Status,
             source: unreachable(),
         };
-        assert_eq!(e.code(), 50);
+        assert_eq!(e.code(), codes::PLUGIN_NOT_AVAILABLE);
         let e = CniError::Agent {
             command: Command::Status,
-            source: api(51),
+            source: api(codes::LIMITED_CONNECTIVITY),
         };
-        assert_eq!(e.code(), 51);
+        assert_eq!(e.code(), codes::LIMITED_CONNECTIVITY);
         let e = CniError::Agent {
             command: Command::Status,
-            source: api(999),
+            source: api(codes::INTERNAL),
         };
-        assert_eq!(e.code(), 50);
+        assert_eq!(e.code(), codes::PLUGIN_NOT_AVAILABLE);
         let e = CniError::Agent {
             command: Command::Add,
-            source: api(100),
+            source: api(codes::DHCP_FAILED),
         };
-        assert_eq!(e.code(), 100);
+        assert_eq!(e.code(), codes::DHCP_FAILED);
         assert_eq!(
             e.to_json(CniVersion::V1_0_0),
-            json!({"cniVersion": "1.0.0", "code": 100, "msg": "no lease", "details": "no DHCPOFFER within 5s"})
+            json!({"cniVersion": "1.0.0", "code": codes::DHCP_FAILED, "msg": "no lease", "details": "no DHCPOFFER within 5s"})
         );
         let e = CniError::Agent {
             command: Command::Add,
             source: api(0),
         };
-        assert_eq!(e.code(), 999);
+        assert_eq!(e.code(), codes::INTERNAL);
     }
 }

@@ -1,5 +1,5 @@
-//! The lanlink CNI plugin: netconf parsing, the agent API types and client, and
-//! the CNI verbs as plain functions.
+//! The lanlink CNI plugin: netconf parsing and the CNI verbs as plain
+//! functions. The agent's API types, codes and client are `lanlink-api`'s.
 //!
 //! The plugin is thin: each verb parses the netconf (stdin) and the `CNI_*`
 //! environment, asks the agent over its Unix socket, and [`reply`] prints the
@@ -7,8 +7,6 @@
 //! [`CniError::code`] is the only mapping of errors to spec codes, so tests run
 //! the verbs in-process ([`run`] with a fake environment and buffers).
 
-pub mod api;
-pub mod client;
 pub mod error;
 pub mod netconf;
 pub mod result;
@@ -17,10 +15,10 @@ use std::io::{Read, Write};
 
 use serde_json::{Value, json};
 
-use crate::api::GcRequest;
-use crate::client::AgentClient;
 pub use crate::error::CniError;
 use crate::netconf::{CniEnv, CniVersion, Command, NetConf, NetConfError};
+use lanlink_api::GcRequest;
+use lanlink_api::client::AgentClient;
 
 /// One invocation's input: the checked environment and the raw netconf.
 #[derive(Clone, Debug, Default)]
@@ -84,27 +82,26 @@ pub fn cmd_add(args: &CmdArgs) -> Result<Value, CniError> {
 
 /// DEL: the agent releases the lease and removes the veth and map entries.
 ///
-/// Idempotent: an agent answer of "no such attachment" (HTTP 404, or code 3)
-/// is success, so DEL twice, or DEL after GC, succeeds. An unreachable agent
-/// is NOT success: DEL fails with code 11 (try again later) and the runtime
-/// retries, because succeeding would leak the lease and the pod's MAC in the
-/// uplink's filter with no later chance to free them (GC only runs when the
-/// runtime decides to).
+/// Idempotent: the agent answers success for an attachment it does not know,
+/// so DEL twice, or DEL after GC, succeeds. Every error it answers is a real
+/// failure. An unreachable agent is NOT success either: DEL fails with code
+/// 11 (try again later) and the runtime retries, because succeeding would leak
+/// the lease and the pod's MAC in the uplink's filter with no later chance to
+/// free them (GC only runs when the runtime decides to).
 pub fn cmd_del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = args.netconf()?;
     let request = conf.attachment_request(&args.env);
-    match AgentClient::new(&conf.socket_path).del(&request) {
-        Ok(()) => Ok(()),
-        Err(e) if e.is_not_found() => Ok(()),
-        Err(source) => Err(CniError::Agent {
+    AgentClient::new(&conf.socket_path)
+        .del(&request)
+        .map_err(|source| CniError::Agent {
             command: Command::Del,
             source,
-        }),
-    }
+        })
 }
 
 /// CHECK (0.4.0 and later): the agent verifies the veth, address, routes, map
-/// entries and lease; the plugin then checks that the agent's interface and
+/// entries and lease (an attachment it does not know fails with code 103,
+/// passed on as is); the plugin then checks that the agent's interface and
 /// address are those of the `prevResult` (required). With `disableCheck`, it
 /// succeeds without asking.
 pub fn cmd_check(args: &CmdArgs) -> Result<(), CniError> {

@@ -3,7 +3,10 @@
 //! Parsing goes key by key: the netconf is read as a JSON object, and each known
 //! key is decoded with serde on its own, so an error always names the field
 //! (`invalid netconf: field hostRoutes[1]: "198.19.0.0/33" is not an IPv4
-//! CIDR`). Unknown keys are accepted and ignored, as the CNI convention asks.
+//! CIDR: prefix length 33 is greater than 32`). `hostRoutes` and
+//! `sendOptions` are checked by `lanlink-api`'s newtypes ([`Ipv4Cidr`],
+//! [`DhcpOption`]), the very checks the agent applies when it decodes the
+//! request, so nothing the plugin accepts is refused later. Unknown keys are accepted and ignored, as the CNI convention asks.
 //!
 //! # Keys
 //!
@@ -22,7 +25,8 @@
 //!     "timeoutMs": 5000,                // 1..=300000
 //!     "arpProbeMs": 300,                // conflict probe before use; 0 = none
 //!     "identity": "stable",             // "stable" (default) or "random"
-//!     "sendOptions": [{"code": 60, "value": "lanlink"}]  // code 1..=254, not 53
+//!     "sendOptions": [{"code": 60, "value": "lanlink"}]  // code 1..=254, not one the
+//!                                   // agent writes (RESERVED_OPTION_CODES); text or 0x hex
 //!   },
 //!   "disableCheck": false               // CHECK succeeds without asking the agent
 //! }
@@ -35,18 +39,17 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::str::FromStr;
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
-use crate::api::{
-    self, AttachmentConfig, AttachmentId, AttachmentRequest, DhcpConfig, DhcpSendOption, Identity,
+use crate::result::PrevResult;
+use lanlink_api::{
+    AttachmentConfig, AttachmentId, AttachmentRequest, DhcpConfig, DhcpOption, Identity, Ipv4Cidr,
     Mode, PodIdentity,
 };
-use crate::result::PrevResult;
 
 /// The `type` every lanlink netconf carries.
 pub const PLUGIN_TYPE: &str = "lanlink";
@@ -203,8 +206,8 @@ pub struct NetConf {
     pub uplink: Option<String>,
     /// `mode`.
     pub mode: Mode,
-    /// `hostRoutes`: IPv4 CIDRs, validated, as written.
-    pub host_routes: Vec<String>,
+    /// `hostRoutes`: IPv4 prefixes.
+    pub host_routes: Vec<Ipv4Cidr>,
     /// `ipam`.
     pub ipam: Ipam,
     /// `mtu`.
@@ -262,7 +265,7 @@ impl NetConf {
                 validate_socket_path(&path)?;
                 PathBuf::from(path)
             }
-            None => PathBuf::from(api::DEFAULT_SOCKET),
+            None => PathBuf::from(lanlink_api::DEFAULT_SOCKET),
         };
 
         let uplink: Option<String> = optional(obj, "", "uplink")?;
@@ -449,31 +452,7 @@ pub(crate) fn validate_ifname(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks one IPv4 CIDR: `a.b.c.d/n`, `n <= 32`, no host bits set (the kernel
-/// refuses such routes).
-pub(crate) fn validate_ipv4_cidr(cidr: &str) -> Result<(), String> {
-    let not_cidr = || format!("{cidr:?} is not an IPv4 CIDR");
-    let (addr, len) = cidr.split_once('/').ok_or_else(not_cidr)?;
-    let addr: Ipv4Addr = addr.parse().map_err(|_| not_cidr())?;
-    // `u8::from_str` accepts a leading '+'; CIDRs don't.
-    if len.is_empty() || !len.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(not_cidr());
-    }
-    let len: u32 = len.parse().map_err(|_| not_cidr())?;
-    if len > 32 {
-        return Err(not_cidr());
-    }
-    let mask = u32::MAX.checked_shl(32 - len).unwrap_or(0);
-    let network = Ipv4Addr::from(u32::from(addr) & mask);
-    if network != addr {
-        return Err(format!(
-            "{cidr:?} has host bits set (did you mean \"{network}/{len}\"?)"
-        ));
-    }
-    Ok(())
-}
-
-fn parse_host_routes(obj: &Map<String, Value>) -> Result<Vec<String>, NetConfError> {
+fn parse_host_routes(obj: &Map<String, Value>) -> Result<Vec<Ipv4Cidr>, NetConfError> {
     let Some(entries) = optional::<Vec<Value>>(obj, "", "hostRoutes")? else {
         return Ok(Vec::new());
     };
@@ -488,8 +467,8 @@ fn parse_host_routes(obj: &Map<String, Value>) -> Result<Vec<String>, NetConfErr
                     format!("expected a string, got {}", json_kind(entry)),
                 ));
             };
-            validate_ipv4_cidr(cidr).map_err(|reason| NetConfError::invalid(field, reason))?;
-            Ok(cidr.clone())
+            cidr.parse::<Ipv4Cidr>()
+                .map_err(|e| NetConfError::invalid(field, e.to_string()))
         })
         .collect()
 }
@@ -557,7 +536,9 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<Ipam, NetConfError> {
     Ok(Ipam::Dhcp(dhcp))
 }
 
-fn parse_send_option(i: usize, option: &Value) -> Result<DhcpSendOption, NetConfError> {
+/// One `ipam.sendOptions[i]`: `{"code", "value"}`, checked by [`DhcpOption`];
+/// an error names the key that is wrong.
+fn parse_send_option(i: usize, option: &Value) -> Result<DhcpOption, NetConfError> {
     let prefix = format!("ipam.sendOptions[{i}].");
     let Value::Object(option) = option else {
         return Err(NetConfError::invalid(
@@ -565,42 +546,10 @@ fn parse_send_option(i: usize, option: &Value) -> Result<DhcpSendOption, NetConf
             format!("expected an object, got {}", json_kind(option)),
         ));
     };
-    let code: u8 = required(option, &prefix, "code")?;
-    match code {
-        0 | 255 => {
-            return Err(NetConfError::invalid(
-                format!("{prefix}code"),
-                format!("{code} is pad/end, not an option"),
-            ));
-        }
-        53 => {
-            return Err(NetConfError::invalid(
-                format!("{prefix}code"),
-                "53 (message type) is set by the agent",
-            ));
-        }
-        _ => {}
-    }
+    let code: u64 = required(option, &prefix, "code")?;
     let value: String = required(option, &prefix, "value")?;
-    let len = match value.strip_prefix("0x") {
-        Some(hex) => {
-            if hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-                return Err(NetConfError::invalid(
-                    format!("{prefix}value"),
-                    format!("{value:?} is not an even number of hex digits after 0x"),
-                ));
-            }
-            hex.len() / 2
-        }
-        None => value.len(),
-    };
-    if len > 255 {
-        return Err(NetConfError::invalid(
-            format!("{prefix}value"),
-            format!("is {len} bytes long, a DHCP option holds 255"),
-        ));
-    }
-    Ok(DhcpSendOption { code, value })
+    DhcpOption::parse(code, &value)
+        .map_err(|e| NetConfError::invalid(format!("{prefix}{}", e.key()), e.to_string()))
 }
 
 fn parse_valid_attachments(
@@ -855,7 +804,7 @@ mod tests {
         let conf = parse(minimal()).unwrap();
         assert_eq!(conf.cni_version, CniVersion::V1_1_0);
         assert_eq!(conf.name, "lan");
-        assert_eq!(conf.socket_path, PathBuf::from(api::DEFAULT_SOCKET));
+        assert_eq!(conf.socket_path, PathBuf::from(lanlink_api::DEFAULT_SOCKET));
         assert_eq!(conf.mode, Mode::Primary);
         assert_eq!(conf.ipam, Ipam::Dhcp(DhcpConfig::default()));
         assert!(conf.host_routes.is_empty());
@@ -905,20 +854,17 @@ mod tests {
                 network: "lan-1.x_y".into(),
                 uplink: Some("eth0".into()),
                 mode: Mode::Secondary,
-                host_routes: vec!["10.96.0.0/12".into(), "198.18.0.2/32".into()],
+                host_routes: vec![
+                    "10.96.0.0/12".parse().unwrap(),
+                    "198.18.0.2/32".parse().unwrap()
+                ],
                 dhcp: Some(DhcpConfig {
                     timeout_ms: 2500,
                     arp_probe_ms: 0,
                     identity: Identity::Random,
                     send_options: vec![
-                        DhcpSendOption {
-                            code: 60,
-                            value: "lanlink".into()
-                        },
-                        DhcpSendOption {
-                            code: 77,
-                            value: "0x0a0B".into()
-                        },
+                        DhcpOption::new(60, b"lanlink".to_vec()).unwrap(),
+                        DhcpOption::new(77, vec![0x0a, 0x0b]).unwrap(),
                     ],
                 }),
                 mtu: Some(1400),
@@ -1001,12 +947,26 @@ mod tests {
             json!({"sendOptions": [{"code": 53, "value": "x"}]}),
         )));
         assert_eq!(field, "ipam.sendOptions[0].code");
-        let (field, _) = invalid_field(parse(with(
+        for reserved in [12, 50, 61] {
+            let (field, reason) = invalid_field(parse(with(
+                "ipam",
+                json!({"sendOptions": [{"code": reserved, "value": "x"}]}),
+            )));
+            assert_eq!(field, "ipam.sendOptions[0].code");
+            assert!(reason.contains("written by the agent"), "{reason}");
+        }
+        let (field, reason) = invalid_field(parse(with(
             "ipam",
-            json!({"sendOptions": [{"code": 61, "value": "0xabc"}]}),
+            json!({"sendOptions": [{"code": 60, "value": "0xé1"}]}),
         )));
         assert_eq!(field, "ipam.sendOptions[0].value");
-        let (field, _) = invalid_field(parse(with("ipam", json!({"sendOptions": [{"code": 61}]}))));
+        assert!(reason.contains("other than hex digits"), "{reason}");
+        let (field, _) = invalid_field(parse(with(
+            "ipam",
+            json!({"sendOptions": [{"code": 77, "value": "0xabc"}]}),
+        )));
+        assert_eq!(field, "ipam.sendOptions[0].value");
+        let (field, _) = invalid_field(parse(with("ipam", json!({"sendOptions": [{"code": 77}]}))));
         assert_eq!(field, "ipam.sendOptions[0].value");
         let (field, _) = invalid_field(parse(with("ipam", json!("dhcp"))));
         assert_eq!(field, "ipam");
@@ -1017,7 +977,7 @@ mod tests {
         let err = parse(with("hostRoutes", json!(["10.96.0.0/12", "198.19.0.0/33"]))).unwrap_err();
         assert_eq!(
             err.to_string(),
-            r#"invalid netconf: field hostRoutes[1]: "198.19.0.0/33" is not an IPv4 CIDR"#
+            r#"invalid netconf: field hostRoutes[1]: "198.19.0.0/33" is not an IPv4 CIDR: prefix length 33 is greater than 32"#
         );
         for bad in [
             "10.0.0.0",

@@ -27,8 +27,8 @@
 
 use serde_json::{Map, Value, json};
 
-use crate::api::{AttachmentResult, Dns, Interface, IpConfig, Route};
 use crate::netconf::{CniVersion, NetConfError, json_kind};
+use lanlink_api::{AttachmentResult, Dns, Interface, IpConfig, Mac, Route};
 
 /// A `prevResult`, checked just enough to be merged into safely.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -106,7 +106,8 @@ impl PrevResult {
             i.get("name").and_then(Value::as_str) == Some(interface.name.as_str())
                 && i.get("mac")
                     .and_then(Value::as_str)
-                    .is_some_and(|mac| mac.eq_ignore_ascii_case(&interface.mac))
+                    .and_then(|mac| mac.parse::<Mac>().ok())
+                    == Some(interface.mac)
         })
     }
 }
@@ -212,19 +213,19 @@ fn dns_json(dns: &Dns) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::LeaseInfo;
+    use lanlink_api::LeaseInfo;
 
     fn agent_result() -> AttachmentResult {
         AttachmentResult {
             interfaces: vec![
                 Interface {
                     name: "llk1a2b3c4d".into(),
-                    mac: "ee:ee:ee:00:00:01".into(),
+                    mac: "ee:ee:ee:00:00:01".parse().unwrap(),
                     sandbox: None,
                 },
                 Interface {
                     name: "eth0".into(),
-                    mac: "02:11:22:33:44:55".into(),
+                    mac: "02:11:22:33:44:55".parse().unwrap(),
                     sandbox: Some("/run/netns/pod1".into()),
                 },
             ],
@@ -251,7 +252,7 @@ mod tests {
             lease: Some(LeaseInfo {
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
-                mac: "02:11:22:33:44:55".into(),
+                mac: "02:11:22:33:44:55".parse().unwrap(),
                 address: "198.18.0.50/24".into(),
                 server: "198.18.0.1".into(),
                 lease_secs: 3600,

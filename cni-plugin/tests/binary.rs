@@ -5,6 +5,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+use lanlink_api::codes;
 use serde_json::{Value, json};
 
 fn run(vars: &[(&str, &str)], stdin: &str) -> (Output, Value) {
@@ -46,7 +47,7 @@ fn status_without_agent_exits_1_with_code_50() {
         json!({"cniVersion": "1.1.0", "name": "lan", "type": "lanlink", "socketPath": socket});
     let (output, value) = run(&[("CNI_COMMAND", "STATUS")], &conf.to_string());
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!(value["code"], json!(50));
+    assert_eq!(value["code"], json!(codes::PLUGIN_NOT_AVAILABLE));
     assert_eq!(value["cniVersion"], json!("1.1.0"));
 }
 
@@ -54,6 +55,6 @@ fn status_without_agent_exits_1_with_code_50() {
 fn without_a_verb_says_what_it_is() {
     let (output, value) = run(&[], "");
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!(value["code"], json!(4));
+    assert_eq!(value["code"], json!(codes::INVALID_ENV));
     assert!(String::from_utf8_lossy(&output.stderr).contains("CNI protocol versions supported"));
 }

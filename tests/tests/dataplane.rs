@@ -11,13 +11,17 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::pods::{self, Pod, add_pod, add_pod_with, del_pod};
 use lanlink_lab::traffic::{self, Tool, arp_op, hex, parse_mac};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, lab_netconf, ping};
+use lanlink_lab::{
+    Agent, AgentOptions, Lan, LanOptions, Node, OneNode, lab_netconf, ping, wait_until,
+};
 
-const LAB_NET: &str = env!("CARGO_BIN_EXE_lab-net");
+/// The lab's traffic tool (a binary of `lanlink-lab`).
+static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
 const ROUTER: Ipv4Addr = lanlink_lab::ROUTER;
 
 fn lab_net() -> &'static Path {
-    Path::new(LAB_NET)
+    &LAB_NET
 }
 
 fn ping_ok(from: &lanlink_lab::NetNs, to: Ipv4Addr, what: &str) -> Result<()> {
@@ -156,12 +160,10 @@ fn neigh_mac(ns: &lanlink_lab::NetNs, ip: Ipv4Addr) -> Result<Option<String>> {
 #[test]
 fn forged_frames_are_dropped_and_counted() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
-    let attacker = add_pod(&node, &agent, "attacker")?;
-    let victim = add_pod(&node, &agent, "victim")?;
+    let lab = OneNode::start()?;
+    let (host, node, agent) = (&lab.host, &lab.node, &lab.agent);
+    let attacker = add_pod(node, agent, "attacker")?;
+    let victim = add_pod(node, agent, "victim")?;
     let (a_mac, v_mac, h_mac) = (
         parse_mac(&attacker.mac)?,
         parse_mac(&victim.mac)?,
@@ -171,7 +173,7 @@ fn forged_frames_are_dropped_and_counted() -> Result<()> {
     // The LAN host knows the victim.
     ping_ok(host.ns(), v_ip, "LAN host → victim")?;
     ensure!(neigh_mac(host.ns(), v_ip)?.as_deref() == Some(victim.mac.as_str()));
-    let before = pods::stats(&agent)?;
+    let before = pods::stats(agent)?;
 
     // UDP to the LAN host: forged source IPv4, forged source MAC, honest.
     let marker = b"lanlink-spoof-test:";
@@ -257,10 +259,10 @@ fn forged_frames_are_dropped_and_counted() -> Result<()> {
         attacker.mac
     );
 
-    pods::wait_grew(&agent, &before, "drop_spoof_ip", 3)?;
-    pods::wait_grew(&agent, &before, "drop_spoof_mac", 5)?;
-    pods::wait_grew(&agent, &before, "drop_spoof_arp", 8)?;
-    pods::wait_grew(&agent, &before, "drop_vlan", 4)?;
+    pods::wait_grew(agent, &before, "drop_spoof_ip", 3)?;
+    pods::wait_grew(agent, &before, "drop_spoof_mac", 5)?;
+    pods::wait_grew(agent, &before, "drop_spoof_arp", 8)?;
+    pods::wait_grew(agent, &before, "drop_vlan", 4)?;
 
     // The victim is unaffected: the LAN still maps its address to its MAC,
     // and it talks both ways.
@@ -283,15 +285,13 @@ fn forged_frames_are_dropped_and_counted() -> Result<()> {
 #[test]
 fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let mut agent = Agent::start(&node, AgentOptions::default())?;
-    let mut conf = lab_netconf(&agent);
+    let mut lab = OneNode::start()?;
+    let (lan, host, node, agent) = (&lab.lan, &lab.host, &lab.node, &mut lab.agent);
+    let mut conf = lab_netconf(agent);
     conf["ipam"] = serde_json::json!({"type": "none"});
-    let vm = add_pod_with(&node, &agent, "vm", conf)?;
+    let vm = add_pod_with(node, agent, "vm", conf)?;
     ensure!(vm.ip.is_none(), "ipam none must not lease: {}", vm.result);
-    let other = add_pod(&node, &agent, "other")?;
+    let other = add_pod(node, agent, "other")?;
     ensure!(
         !lan.leases().iter().any(|l| l.mac == vm.mac),
         "the agent leased for an ipam-none pod"
@@ -313,24 +313,8 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
          exit 0\n",
     )?;
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
-    let before = pods::stats(&agent)?;
-    let out = vm.ns.run_timeout(
-        &[
-            "/bin/busybox",
-            "udhcpc",
-            "-i",
-            "eth0",
-            "-n",
-            "-q",
-            "-t",
-            "5",
-            "-T",
-            "1",
-            "-s",
-            &script.to_string_lossy(),
-        ],
-        Duration::from_secs(20),
-    )?;
+    let before = pods::stats(agent)?;
+    let out = traffic::udhcpc(&vm.ns, 5, &script, &[], Duration::from_secs(20))?;
     let log = format!(
         "{}{}\ndnsmasq:\n{}",
         String::from_utf8_lossy(&out.stdout),
@@ -348,16 +332,19 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
     );
 
     // The dataplane learnt the address from the ACK.
-    let learnt = pods::wait_until(Duration::from_secs(2), || {
-        Ok(ep_ipv4s(&pods::map_dump(agent.pin_dir(), "EP_BY_IF")?).contains(&lease.ip))
+    wait_until(Duration::from_secs(2), "EP_BY_IF to hold the lease", || {
+        Ok(ep_ipv4s(&pods::map_dump(agent.pin_dir(), "EP_BY_IF")?)
+            .contains(&lease.ip)
+            .then_some(()))
+    })
+    .with_context(|| {
+        format!(
+            "EP_BY_IF does not hold {}: {:?}",
+            lease.ip,
+            pods::map_dump(agent.pin_dir(), "EP_BY_IF").unwrap_or_default()
+        )
     })?;
-    ensure!(
-        learnt,
-        "EP_BY_IF does not hold {}: {}",
-        lease.ip,
-        pods::map_dump(agent.pin_dir(), "EP_BY_IF")?
-    );
-    let learnt = pods::stats(&agent)?["dhcp_learnt"] - before["dhcp_learnt"];
+    let learnt = pods::stats(agent)?["dhcp_learnt"] - before["dhcp_learnt"];
     ensure!(learnt == 1, "{learnt} addresses learnt from one ACK");
 
     // Traffic works with the address.
@@ -368,7 +355,7 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
     traffic::tcp_exchange(lab_net(), host.ns(), &vm.ns, host.ip(), 7010, "vm-to-host")?;
 
     // And the source check applies to it now.
-    let before = pods::stats(&agent)?;
+    let before = pods::stats(agent)?;
     let forged = traffic::udp_frame(
         parse_mac(&vm.mac)?,
         parse_mac(host.mac())?,
@@ -379,7 +366,7 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
         b"forged",
     );
     raw_send(&vm, &forged, 2)?;
-    pods::wait_grew(&agent, &before, "drop_spoof_ip", 2)?;
+    pods::wait_grew(agent, &before, "drop_spoof_ip", 2)?;
     // CHECK accepts the learnt address.
     let mut conf = vm.netconf.clone();
     conf["prevResult"] = vm.result.clone();
@@ -397,7 +384,7 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
     let eps = pods::map_dump(agent.pin_dir(), "EP_BY_IF")?;
     ensure!(
         ep_ipv4s(&eps).contains(&lease.ip),
-        "the learnt {} is gone after a restart: {eps}",
+        "the learnt {} is gone after a restart: {eps:?}",
         lease.ip
     );
     ping_ok(&vm.ns, host.ip(), "vm → LAN host after the restart")?;
@@ -405,10 +392,8 @@ fn a_pod_with_its_own_dhcp_client_leases_through_the_dataplane() -> Result<()> {
 }
 
 /// The IPv4 addresses in a BTF-formatted `bpftool -j` dump of `EP_BY_IF`.
-fn ep_ipv4s(dump: &serde_json::Value) -> Vec<Ipv4Addr> {
-    dump.as_array()
-        .into_iter()
-        .flatten()
+fn ep_ipv4s(dump: &[serde_json::Value]) -> Vec<Ipv4Addr> {
+    dump.iter()
         .filter_map(|e| {
             let ip = e["formatted"]["value"]["ipv4"].as_array()?;
             let b: Vec<u8> = ip
@@ -429,24 +414,23 @@ fn ep_ipv4s(dump: &serde_json::Value) -> Vec<Ipv4Addr> {
 #[test]
 fn del_of_every_pod_leaves_nothing_behind() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
+    let lab = OneNode::start()?;
+    let (lan, node, agent) = (&lab.lan, &lab.node, &lab.agent);
     let pin = agent.pin_dir().to_path_buf();
-    let before_filter = pods::uc_filter(&node)?;
-    let mut conf = lab_netconf(&agent);
+    let before_filter = pods::uc_filter(node)?;
+    let mut conf = lab_netconf(agent);
     conf["ipam"] = serde_json::json!({"type": "none"});
     let all = [
-        add_pod(&node, &agent, "c1")?,
-        add_pod(&node, &agent, "c2")?,
-        add_pod_with(&node, &agent, "c3", conf)?,
+        add_pod(node, agent, "c1")?,
+        add_pod(node, agent, "c2")?,
+        add_pod_with(node, agent, "c3", conf)?,
     ];
 
     // Unicast filter, not promiscuous mode: the agent never sets PROMISC.
     // (A veth has no hardware unicast filter, so the kernel itself counts
     // one promiscuity while the list is not empty; a NIC with
     // IFF_UNICAST_FLT does not. It must be back to 0 after DEL.)
-    let filter = pods::uc_filter(&node)?;
+    let filter = pods::uc_filter(node)?;
     for p in &all {
         ensure!(
             filter.contains(&p.mac),
@@ -482,21 +466,21 @@ fn del_of_every_pod_leaves_nothing_behind() -> Result<()> {
     // The node reaches a pod through its stack: to-pod learns the flow.
     ping_ok(node.ns(), all[0].ip()?, "node → c1")?;
     ensure!(pods::map_len(&pin, "FLOWS")? > 0, "no flow learnt");
-    ensure!(pods::host_veths(&node)?.len() == 3);
+    ensure!(pods::host_veths(node)?.len() == 3);
     ensure!(pods::pinned_links(&pin)?.len() == 1 + 2 * 3);
 
     for p in &all {
-        del_pod(&node, &agent, p)?;
+        del_pod(node, agent, p)?;
     }
     ensure!(
-        pods::host_veths(&node)?.is_empty(),
+        pods::host_veths(node)?.is_empty(),
         "veths left: {:?}",
-        pods::host_veths(&node)?
+        pods::host_veths(node)?
     );
     for map in ["EP_BY_MAC", "EP_BY_IF", "FLOWS"] {
         ensure!(
             pods::map_len(&pin, map)? == 0,
-            "{map} left: {}",
+            "{map} left: {:?}",
             pods::map_dump(&pin, map)?
         );
     }
@@ -508,9 +492,9 @@ fn del_of_every_pod_leaves_nothing_behind() -> Result<()> {
     let link = node.ns().ip(&["-d", "link", "show", "dev", "eth0"])?;
     ensure!(link.contains("promiscuity 0"), "eth0 after DEL: {link}");
     ensure!(
-        pods::uc_filter(&node)? == before_filter,
+        pods::uc_filter(node)? == before_filter,
         "filter left: {:?}",
-        pods::uc_filter(&node)?
+        pods::uc_filter(node)?
     );
     ensure!(
         pods::pinned_links(&pin)? == ["from_lan-eth0"],

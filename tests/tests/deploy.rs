@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
-use lanlink_cni::api::Mode;
+use lanlink_api::Mode;
 use lanlink_cni::netconf::NetConf;
 use lanlink_lab::{bin_dir, cmd, workspace_root};
 use serde::Deserialize as _;

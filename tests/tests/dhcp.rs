@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use dhcp_common::*;
-use lanlink_lab::{Agent, AgentOptions, Kea, KeaOptions, Lan, LanOptions, Node, ROUTER};
+use lanlink_lab::{
+    Agent, AgentOptions, Kea, KeaOptions, Lan, LanOptions, Node, ROUTER, wait_until,
+};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -24,16 +26,11 @@ fn lease_field(l: &Value, f: &str) -> Result<u64> {
 /// Waits (≤ `timeout`) until the agent's lease of `container_id` was
 /// obtained after `after` (unix seconds), i.e. renewed.
 fn wait_renewed(agent: &Agent, container_id: &str, after: u64, timeout: Duration) -> Result<Value> {
-    wait_for(timeout, || {
+    wait_until(timeout, &format!("a renewal of {container_id}"), || {
         let l = lease_of(agent, container_id)?;
         Ok((lease_field(&l, "obtainedAt")? > after).then_some(l))
-    })?
-    .with_context(|| {
-        format!(
-            "no renewal of {container_id} within {timeout:?}; agent log:\n{}",
-            agent.log()
-        )
     })
+    .with_context(|| format!("agent log:\n{}", agent.log()))
 }
 
 /// The renewal came at T1 of the previous lease: not before (RFC 2131), and
@@ -88,11 +85,15 @@ fn dnsmasq_lan(t1: u32, mut extra_args: Vec<String>) -> Result<(Lan, Node)> {
 
 /// Waits (≤ `timeout`) until the agent shows the lease of `container_id`
 /// expired; returns when it saw it (unix seconds).
-fn wait_expired(agent: &Agent, container_id: &str, timeout: Duration) -> Result<Option<f64>> {
-    wait_for(timeout, || {
-        let l = lease_of(agent, container_id)?;
-        Ok((l["state"] == "expired").then(unix_now))
-    })
+fn wait_expired(agent: &Agent, container_id: &str, timeout: Duration) -> Result<f64> {
+    wait_until(
+        timeout,
+        &format!("the lease of {container_id} to expire"),
+        || {
+            let l = lease_of(agent, container_id)?;
+            Ok((l["state"] == "expired").then(unix_now))
+        },
+    )
 }
 
 /// Asserts the pinned `EP_BY_IF` entry of `container_id` is marked EXPIRED.
@@ -137,13 +138,16 @@ fn dnsmasq_leases_renews_at_t1_and_releases() -> Result<()> {
 
     // Renewed at T1, same address, and dnsmasq extended it.
     renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(6))?;
-    let extended = wait_for(Duration::from_secs(3), || {
-        Ok(lan
-            .leases()
-            .into_iter()
-            .find(|l| l.mac == pod.mac && l.expiry > first.expiry))
-    })?
-    .context("dnsmasq's lease was not extended")?;
+    let extended = wait_until(
+        Duration::from_secs(3),
+        "dnsmasq's lease to be extended",
+        || {
+            Ok(lan
+                .leases()
+                .into_iter()
+                .find(|l| l.mac == pod.mac && l.expiry > first.expiry))
+        },
+    )?;
     ensure!(extended.ip == pod.ip, "{extended:?}");
     let log = lan.dhcp_log();
     let ip = pod.ip.to_string();
@@ -221,14 +225,12 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
     let other = add(&node, &agent, "web-1", &nc)?;
     del(&node, &agent, &other)?;
     let other_ip = other.ip.to_string();
-    let released = wait_for(Duration::from_secs(3), || {
-        Ok((count_lines(&kea.log(), &["DHCP4_RELEASE", &other_ip]) == 1).then_some(()))
-    })?;
-    ensure!(
-        released.is_some(),
-        "no DHCP4_RELEASE in Kea's log:\n{}",
-        kea.log()
-    );
+    wait_until(
+        Duration::from_secs(3),
+        "a DHCP4_RELEASE in Kea's log",
+        || Ok((count_lines(&kea.log(), &["DHCP4_RELEASE", &other_ip]) == 1).then_some(())),
+    )
+    .with_context(|| format!("Kea's log:\n{}", kea.log()))?;
     let rows = kea.leases_of(&other.mac);
     ensure!(
         rows.last().is_some_and(|r| r.valid_lifetime == 0),
@@ -237,11 +239,14 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
 
     // Renewed at T1 (4 s): a new row with a later expiry, same address.
     let l2 = renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(6))?;
-    let rows = wait_for(Duration::from_secs(2), || {
-        let rows = kea.leases_of(&pod.mac);
-        Ok((rows.len() >= 2).then_some(rows))
-    })?
-    .context("Kea's lease file shows no renewal")?;
+    let rows = wait_until(
+        Duration::from_secs(2),
+        "a renewal in Kea's lease file",
+        || {
+            let rows = kea.leases_of(&pod.mac);
+            Ok((rows.len() >= 2).then_some(rows))
+        },
+    )?;
     ensure!(
         rows.iter().all(|r| r.ip == pod.ip) && rows[1].expire > rows[0].expire,
         "{rows:?}"
@@ -265,7 +270,7 @@ fn kea_leases_renews_releases_then_rebinds_and_expires_when_stopped() -> Result<
         &lan.dir().join("capture.txt"),
     )?;
     let expires_at = lease_field(&l2, "expiresAt")?;
-    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(14))?
+    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(14))
         .with_context(|| format!("no expiry; agent log:\n{}", agent.log()))?;
     // On schedule: not before the lease ends, and soon after.
     eprintln!(
@@ -337,13 +342,14 @@ fn a_nak_on_renewal_expires_the_lease_at_once() -> Result<()> {
         Signal::SIGHUP,
     )?;
     let path = hosts.display().to_string();
-    let reread = wait_for(Duration::from_secs(3), || {
-        Ok((count_lines(&lan.dhcp_log(), &["read", &path]) >= 2).then_some(()))
-    })?;
-    ensure!(reread.is_some(), "dnsmasq did not re-read {path}");
+    wait_until(
+        Duration::from_secs(3),
+        &format!("dnsmasq to re-read {path}"),
+        || Ok((count_lines(&lan.dhcp_log(), &["read", &path]) >= 2).then_some(())),
+    )?;
 
     let renew_at = lease_field(&l1, "renewAt")?;
-    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(8))?
+    let expired = wait_expired(&agent, &pod.container_id, Duration::from_secs(8))
         .with_context(|| format!("no expiry after the nak; agent log:\n{}", agent.log()))?;
     // At once: at T1, not at the end of the 120 s lease.
     eprintln!(
@@ -378,21 +384,32 @@ fn sigkill_between_renewals_resumes_them_without_discover() -> Result<()> {
     let l1 = lease_of(&agent, &pod.container_id)?;
     let l2 = renewed_at_t1(&agent, &pod.container_id, &l1, Duration::from_secs(8))?;
 
-    // SIGKILL right after the first renewal: no chance to save anything.
+    // The renewed lease reaches the disk through the agent's one state
+    // writer, a few milliseconds after the API shows it: wait for that
+    // (bounded), then SIGKILL, so the restart has no chance to save anything.
+    let state_dir = agent.state_dir();
+    let saved_lease = || -> Result<Value> {
+        let state: Value =
+            serde_json::from_slice(&std::fs::read(state_dir.join("endpoints.json"))?)?;
+        state["endpoints"]
+            .as_object()
+            .and_then(|e| e.values().next())
+            .map(|e| e["lease"].clone())
+            .context("no endpoint in the state file")
+    };
+    let on_disk = lanlink_lab::wait_until(
+        Duration::from_secs(2),
+        "the renewed lease in the state file",
+        || Ok((saved_lease()?["obtained_at_unix"] == l2["obtainedAt"]).then_some(())),
+    );
+    ensure!(
+        on_disk.is_ok(),
+        "the state file holds {}, the agent had {l2}",
+        saved_lease()?
+    );
     agent.kill(Signal::SIGKILL)?;
     let log_mark = lan.dhcp_log().len();
-    // The renewed lease is on disk, written atomically (no temp file left).
-    let state_dir = agent.state_dir();
-    let state: Value = serde_json::from_slice(&std::fs::read(state_dir.join("endpoints.json"))?)?;
-    let saved = state["endpoints"]
-        .as_object()
-        .and_then(|e| e.values().next())
-        .map(|e| e["lease"].clone())
-        .context("no endpoint in the state file")?;
-    ensure!(
-        saved["obtained_at_unix"] == l2["obtainedAt"],
-        "the state file holds {saved}, the agent had {l2}"
-    );
+    // Written atomically: no temp file left.
     let leftovers: Vec<_> = std::fs::read_dir(&state_dir)?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())

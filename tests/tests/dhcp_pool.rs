@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, ensure};
 use dhcp_common::*;
 use lanlink_lab::pods::try_add;
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ROUTER, ping};
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, OneNode, ROUTER, ping, wait_until};
 
 /// Non-multicast `self permanent` entries of the node's `eth0` (the pod
 /// MACs in the uplink's unicast filter).
@@ -31,18 +31,7 @@ fn host_veths(node: &Node) -> Result<usize> {
 }
 
 fn map_len(agent: &Agent, map: &str) -> Result<usize> {
-    let out = std::process::Command::new("bpftool")
-        .args(["-j", "map", "dump", "pinned"])
-        .arg(agent.pin_dir().join(map))
-        .output()
-        .context("run bpftool")?;
-    ensure!(
-        out.status.success(),
-        "bpftool: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    Ok(v.as_array().map_or(0, Vec::len))
+    lanlink_lab::pods::map_len(agent.pin_dir(), map)
 }
 
 #[test]
@@ -138,10 +127,9 @@ fn an_exhausted_pool_fails_the_add_in_time_and_leaves_nothing() -> Result<()> {
 fn fifty_concurrent_adds_get_distinct_leases() -> Result<()> {
     lanlink_lab::require_root();
     const PODS: usize = 50;
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
-    let nc = netconf(&agent, 20_000);
+    let lab = OneNode::start()?;
+    let (lan, node, agent) = (&lab.lan, &lab.node, &lab.agent);
+    let nc = netconf(agent, 20_000);
     let names: Vec<String> = (0..PODS).map(|i| format!("burst-{i}")).collect();
     let netns = names
         .iter()
@@ -180,11 +168,14 @@ fn fifty_concurrent_adds_get_distinct_leases() -> Result<()> {
         ips.len(),
         macs.len()
     );
-    let leases = wait_for(Duration::from_secs(5), || {
-        let l = lan.leases();
-        Ok((l.len() >= PODS).then_some(l))
-    })?
-    .context("dnsmasq's lease file never held 50 leases")?;
+    let leases = wait_until(
+        Duration::from_secs(5),
+        "50 leases in dnsmasq's lease file",
+        || {
+            let l = lan.leases();
+            Ok((l.len() >= PODS).then_some(l))
+        },
+    )?;
     ensure!(
         leases.len() == PODS,
         "{} leases in dnsmasq: {leases:?}",
@@ -201,7 +192,7 @@ fn fifty_concurrent_adds_get_distinct_leases() -> Result<()> {
             by_mac.get(p.mac.as_str())
         );
     }
-    ensure!(num(&events(&agent)?, "acquired") == PODS as u64);
+    ensure!(num(&events(agent)?, "acquired") == PODS as u64);
 
     // Served concurrently: in dnsmasq's log, many pods were between their
     // DISCOVER and their ACK at the same time.
@@ -232,31 +223,30 @@ fn fifty_concurrent_adds_get_distinct_leases() -> Result<()> {
         }
     });
     eprintln!("{PODS} concurrent DELs took {:?}", start.elapsed());
-    let empty = wait_for(Duration::from_secs(10), || {
+    wait_until(Duration::from_secs(10), "an empty lease file", || {
         Ok(lan.leases().is_empty().then_some(()))
-    })?;
-    ensure!(empty.is_some(), "leases left: {:?}", lan.leases());
-    ensure!(num(&events(&agent)?, "released") == PODS as u64);
-    ensure!(host_veths(&node)? == 0);
+    })
+    .with_context(|| format!("leases left: {:?}", lan.leases()))?;
+    ensure!(num(&events(agent)?, "released") == PODS as u64);
+    ensure!(host_veths(node)? == 0);
     Ok(())
 }
 
 #[test]
 fn a_recreated_pod_gets_its_mac_client_id_and_address_back() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
-    let nc = netconf(&agent, 5000);
-    let first = add(&node, &agent, "db-0", &nc)?;
+    let lab = OneNode::start()?;
+    let (lan, node, agent) = (&lab.lan, &lab.node, &lab.agent);
+    let nc = netconf(agent, 5000);
+    let first = add(node, agent, "db-0", &nc)?;
     let lease1 = lan.wait_for_lease(&first.mac, Duration::from_secs(5))?;
-    let neighbour = add(&node, &agent, "db-1", &nc)?;
+    let neighbour = add(node, agent, "db-1", &nc)?;
     ensure!(neighbour.mac != first.mac && neighbour.ip != first.ip);
 
-    del(&node, &agent, &first)?;
+    del(node, agent, &first)?;
     lan.wait_for_no_lease(&first.mac, Duration::from_secs(5))?;
     // Same namespace/name, new sandbox and container id.
-    let again = add(&node, &agent, "db-0", &nc)?;
+    let again = add(node, agent, "db-0", &nc)?;
     ensure!(again.container_id != first.container_id);
     let lease2 = lan.wait_for_lease(&again.mac, Duration::from_secs(5))?;
     ensure!(
@@ -318,16 +308,13 @@ fn squatted() -> Result<Squatted> {
         nix::unistd::Pid::from_raw(lan.dnsmasq_pid() as i32),
         nix::sys::signal::Signal::SIGHUP,
     )?;
-    let reread = wait_for(Duration::from_secs(5), || {
-        let path = hosts.display().to_string();
-        Ok((count_lines(&lan.dhcp_log(), &["read", &path]) >= 2).then_some(()))
-    })?;
-    ensure!(
-        reread.is_some(),
-        "dnsmasq did not re-read {}:\n{}",
-        hosts.display(),
-        lan.dhcp_log()
-    );
+    let path = hosts.display().to_string();
+    wait_until(
+        Duration::from_secs(5),
+        &format!("dnsmasq to re-read {path}"),
+        || Ok((count_lines(&lan.dhcp_log(), &["read", &path]) >= 2).then_some(())),
+    )
+    .with_context(|| format!("dnsmasq's log:\n{}", lan.dhcp_log()))?;
     Ok(Squatted {
         lan,
         squatter,

@@ -21,7 +21,15 @@ fn pods_lease_and_reach_the_lan_with_forward_drop() -> Result<()> {
     node.ns().run_ok(&["iptables", "-P", "FORWARD", "DROP"])?;
     node.ns()
         .sysctl("net.bridge.bridge-nf-call-iptables", "1")?;
+    // The node is as a distribution leaves it (forwarding off): whatever
+    // lanlink needs, the agent sets up itself.
+    ensure!(node.ns().sysctl_get("net.ipv4.ip_forward")? == "0");
     let agent = Agent::start(&node, AgentOptions::default())?;
+    ensure!(
+        node.ns().sysctl_get("net.ipv4.ip_forward")? == "1",
+        "the agent did not turn IPv4 forwarding on; its log:\n{}",
+        agent.log()
+    );
     let pin_dir = agent.pin_dir().to_path_buf();
 
     let pod1 = add_pod(&node, &agent, "web-0")?;

@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lanlink_lab::capture::Capture;
-use lanlink_lab::hostnet::{
-    self, Pod, SERVICE_CIDR, attach, counter, forward_policy_drops, hostile, netconf, stats,
-};
 use lanlink_lab::netfilter::{self, Endpoint, KubeProxy, Service, TrafficPolicy};
 use lanlink_lab::nssock::{self, TcpServer, tcp_connect};
-use lanlink_lab::{Agent, Lan, LanOptions, Node, ping};
+use lanlink_lab::pods::{
+    self, Pod, SERVICE_CIDR, attach, counter, forward_policy_drops, hostile, stats,
+};
+use lanlink_lab::{Agent, Lan, LanOptions, Node, PodNet, ping};
 
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 50);
@@ -54,7 +54,7 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
 
     // The map the ARP responder reads: the node's address and the netconf's
     // service CIDR.
-    let routes = hostnet::host_routes(agent.pin_dir())?;
+    let routes = pods::host_routes(agent.pin_dir())?;
     for want in [
         format!("{NODE_IP}/32"),
         format!("{late}/32"),
@@ -78,16 +78,17 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
         // First the pod reaches its own node's address: it ARPs for it (on
         // link), the ARP responder answers from HOST_ROUTES, and the echo
         // goes up the node's stack (on L2 it would hairpin out of eth0).
+        let ip = pod.ip()?;
         let p = ping(&pod.ns, NODE_IP, 3, Duration::from_secs(5))?;
-        ensure!(p.all_received(), "{} → node: {}", pod.ip(), p.summary);
-        let p = ping(node.ns(), pod.ip(), 3, Duration::from_secs(5))?;
-        ensure!(p.all_received(), "node → {}: {}", pod.ip(), p.summary);
+        ensure!(p.all_received(), "{ip} → node: {}", p.summary);
+        let p = ping(node.ns(), ip, 3, Duration::from_secs(5))?;
+        ensure!(p.all_received(), "node → {ip}: {}", p.summary);
         let c = tcp_connect(
             node.ns(),
-            SocketAddrV4::new(pod.ip(), 8080),
+            SocketAddrV4::new(ip, 8080),
             Duration::from_secs(5),
         )?
-        .with_context(|| format!("node → {}:8080", pod.ip()))?;
+        .with_context(|| format!("node → {ip}:8080"))?;
         ensure!(c.received == "healthy\n", "probe got {:?}", c.received);
         ensure!(
             server.peers() == [SocketAddrV4::new(NODE_IP, c.local.port())],
@@ -106,7 +107,7 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
     ensure!(forward_policy_drops(&node)? == 0, "FORWARD dropped packets");
 
     // Bounded: an LRU hash map of `lanlink_common::MAX_FLOWS` entries.
-    let info = hostnet::map_info(agent.pin_dir(), "FLOWS")?;
+    let info = pods::map_info(agent.pin_dir(), "FLOWS")?;
     ensure!(info["type"] == "lru_hash", "FLOWS is {}", info["type"]);
     ensure!(
         info["max_entries"] == 65_536,
@@ -115,11 +116,11 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
     );
     // Expire: with --flow-timeout 2, idle flows are gone within a few
     // seconds (the pass runs every second).
-    let learnt = hostnet::map_dump(agent.pin_dir(), "FLOWS")?.len();
+    let learnt = pods::map_dump(agent.pin_dir(), "FLOWS")?.len();
     ensure!(learnt >= 2, "only {learnt} flows learnt");
     let t0 = Instant::now();
     loop {
-        let left = hostnet::map_dump(agent.pin_dir(), "FLOWS")?.len();
+        let left = pods::map_dump(agent.pin_dir(), "FLOWS")?.len();
         if left == 0 {
             break;
         }
@@ -133,9 +134,9 @@ fn node_reaches_its_pods_and_flows_expire() -> Result<()> {
         t0.elapsed()
     );
     // An expired flow is relearnt by the next frame from the node.
-    let p = ping(node.ns(), pods[0].ip(), 1, Duration::from_secs(3))?;
+    let p = ping(node.ns(), pods[0].ip()?, 1, Duration::from_secs(3))?;
     ensure!(p.all_received(), "node → pod after expiry: {}", p.summary);
-    ensure!(!hostnet::map_dump(agent.pin_dir(), "FLOWS")?.is_empty());
+    ensure!(!pods::map_dump(agent.pin_dir(), "FLOWS")?.is_empty());
     Ok(())
 }
 
@@ -178,8 +179,9 @@ fn secondary_interface_broadcasts_on_the_lan() -> Result<()> {
         &pod,
         "multus",
         "net1",
-        netconf(&agent, "secondary", &[]),
+        PodNet::secondary().host_routes(&[]).netconf(&agent),
     )?;
+    let net1_ip = net1.ip.context("net1 got no address")?;
     ensure!(pod.mac("net1")? == net1.mac);
     let routes = pod.ip(&["-4", "route", "show"])?;
     ensure!(
@@ -191,9 +193,9 @@ fn secondary_interface_broadcasts_on_the_lan() -> Result<()> {
         ensure!(
             routes.lines().any(|l| l.starts_with(dst)
                 && l.contains(" dev net1 ")
-                && l.ends_with(&format!("src {} ", net1.ip))),
+                && l.ends_with(&format!("src {} ", net1_ip))),
             "no route to {dst}via net1 with src {} in:\n{routes}",
-            net1.ip
+            net1_ip
         );
     }
 
@@ -239,11 +241,11 @@ fn secondary_interface_broadcasts_on_the_lan() -> Result<()> {
             .find(|p| p.dst_ip.as_deref() == Some(&to.ip().to_string()))
             .with_context(|| format!("nothing to {to} reached the LAN: {got:#?}"))?;
         ensure!(
-            p.src_ip.as_deref() == Some(&net1.ip.to_string()) && p.src_mac == net1.mac,
+            p.src_ip.as_deref() == Some(&net1_ip.to_string()) && p.src_mac == net1.mac,
             "{to} left with {:?}/{}, expected net1's {}/{}: {}",
             p.src_ip,
             p.src_mac,
-            net1.ip,
+            net1_ip,
             net1.mac,
             p.line
         );

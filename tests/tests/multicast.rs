@@ -11,12 +11,14 @@ use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::cleanup::LabDir;
 use lanlink_lab::pods::{self, add_pod};
 use lanlink_lab::traffic::{self, Got, Tool, parse_mac, wol_payload};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, NetNs, Node};
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, NetNs, Node, OneNode, wait_until};
 
-const LAB_NET: &str = env!("CARGO_BIN_EXE_lab-net");
+/// The lab's traffic tool (a binary of `lanlink-lab`).
+static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
 
 fn lab_net() -> &'static Path {
-    Path::new(LAB_NET)
+    &LAB_NET
 }
 
 /// A receiver of one datagram on `port`, joined to `group` if any.
@@ -74,23 +76,21 @@ fn ensure_got(got: &[Got], from_ip: Ipv4Addr, payload: &[u8], what: &str) -> Res
 #[test]
 fn mdns_and_ssdp_reach_the_lan_and_every_pod() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
+    let lab = OneNode::start()?;
+    let (host, node, agent) = (&lab.host, &lab.node, &lab.agent);
     // A pod that comes and goes first leaves a free slot at the head of the
     // fan-out list, which every flood below must skip.
-    let gone = add_pod(&node, &agent, "gone")?;
-    let p1 = add_pod(&node, &agent, "p1")?;
-    let p2 = add_pod(&node, &agent, "p2")?;
-    pods::del_pod(&node, &agent, &gone)?;
+    let gone = add_pod(node, agent, "gone")?;
+    let p1 = add_pod(node, agent, "p1")?;
+    let p2 = add_pod(node, agent, "p2")?;
+    pods::del_pod(node, agent, &gone)?;
     let flood = pods::array_u32(agent.pin_dir(), "FLOOD")?;
     ensure!(
         flood[0] == u32::MAX && flood[1..3].iter().all(|i| *i != 0 && *i != u32::MAX),
         "FLOOD: {:?}",
         &flood[..4]
     );
-    let before = pods::stats(&agent)?;
+    let before = pods::stats(agent)?;
 
     for (proto, group, port) in [
         ("mdns", Ipv4Addr::new(224, 0, 0, 251), 5353),
@@ -133,7 +133,7 @@ fn mdns_and_ssdp_reach_the_lan_and_every_pod() -> Result<()> {
         )?;
     }
     // Fanned out by the dataplane: 2 from the LAN and 2 from a pod, at least.
-    let after = pods::stats(&agent)?;
+    let after = pods::stats(agent)?;
     pods::ensure_grew(&before, &after, "flood", 4)?;
     ensure!(
         after["drop_redirect_failed"] == 0,
@@ -148,11 +148,9 @@ fn mdns_and_ssdp_reach_the_lan_and_every_pod() -> Result<()> {
 #[test]
 fn wake_on_lan_from_a_pod_reaches_the_lan() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
-    let pod = add_pod(&node, &agent, "waker")?;
+    let lab = OneNode::start()?;
+    let (host, node, agent) = (&lab.host, &lab.node, &lab.agent);
+    let pod = add_pod(node, agent, "waker")?;
     let sleeper = parse_mac(host.mac())?;
     let magic = wol_payload(sleeper);
 
@@ -238,14 +236,16 @@ fn ipv6_router_advertisements_give_pods_a_slaac_address() -> Result<()> {
             .filter(|_| !out.contains("tentative"))
             .map(|w| w.split('/').next().unwrap_or_default().to_string()))
     };
-    let ok = pods::wait_until(Duration::from_secs(15), || Ok(slaac()?.is_some()))?;
-    ensure!(
-        ok,
-        "no SLAAC address on the pod after 15 s: {}; radvd log:\n{}",
-        pod.ns.ip(&["-6", "addr", "show", "dev", "eth0"])?,
-        std::fs::read_to_string(&log).unwrap_or_default()
-    );
-    let addr = slaac()?.context("the address went away")?;
+    let addr = wait_until(Duration::from_secs(15), "a SLAAC address on the pod", slaac)
+        .with_context(|| {
+            format!(
+                "addresses: {}; radvd log:\n{}",
+                pod.ns
+                    .ip(&["-6", "addr", "show", "dev", "eth0"])
+                    .unwrap_or_default(),
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        })?;
 
     for (from, to, what) in [
         (&pod.ns, "2001:2:0:1::1", "pod → router"),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::podman::Podman;
 use lanlink_lab::pods::host_veths;
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, cmd, ping};
+use lanlink_lab::{Agent, OneNode, PodNet, cmd, ping};
 use serde_json::{Value, json};
 
 const ROUTER: Ipv4Addr = lanlink_lab::ROUTER;
@@ -62,19 +62,9 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
             "{tool} is missing: run `cargo xtask setup` (podman, runc, busybox-static)"
         );
     }
-    let lan = Lan::new(LanOptions::default())?;
-    let node = Node::new(&lan, "node1", Ipv4Addr::new(198, 18, 0, 10))?;
-    let agent = Agent::start(&node, AgentOptions::default())?;
-    let podman = Podman::new(
-        &node,
-        "lanlink-lan",
-        json!({
-            "type": "lanlink",
-            "uplink": "eth0",
-            "mode": "primary",
-            "socketPath": agent.socket(),
-        }),
-    )?;
+    let lab = OneNode::start()?;
+    let (lan, node, agent) = (&lab.lan, &lab.node, &lab.agent);
+    let podman = Podman::new(node, "lanlink-lan", PodNet::primary().plugin(agent))?;
     let network_results = |podman: &Podman| -> Vec<String> {
         std::fs::read_dir("/var/lib/cni/results")
             .map(|d| {
@@ -118,7 +108,7 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
         "dnsmasq leased {} to {mac}, the container has {ip}",
         lease.ip
     );
-    let eps = endpoints(&agent)?;
+    let eps = endpoints(agent)?;
     ensure!(
         eps.as_array().is_some_and(|e| e.len() == 1)
             && eps[0]["containerId"] == id
@@ -150,11 +140,11 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     lan.wait_for_no_lease(&mac, Duration::from_secs(5))
         .context("podman rm did not release the lease")?;
     ensure!(
-        endpoints(&agent)? == json!([]),
+        endpoints(agent)? == json!([]),
         "endpoints after rm: {}",
-        endpoints(&agent)?
+        endpoints(agent)?
     );
-    ensure!(host_veths(&node)?.is_empty(), "veth left after rm");
+    ensure!(host_veths(node)?.is_empty(), "veth left after rm");
     ensure!(!sandbox.exists(), "{} left after rm", sandbox.display());
     ensure!(
         lan.dhcp_log()
@@ -187,8 +177,8 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     );
     lan.wait_for_no_lease(&mac, Duration::from_secs(5))
         .context("the container's exit did not release the lease")?;
-    ensure!(endpoints(&agent)? == json!([]));
-    ensure!(host_veths(&node)?.is_empty());
+    ensure!(endpoints(agent)? == json!([]));
+    ensure!(host_veths(node)?.is_empty());
 
     // Nothing of podman's is left: containers, libcni's cached results, the
     // containers' cgroups.

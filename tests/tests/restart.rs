@@ -9,11 +9,13 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::cleanup::LabDir;
 use lanlink_lab::pods::{self, add_pod};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, NetNs, Node};
+use lanlink_lab::{NetNs, OneNode};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
-const LAB_NET: &str = env!("CARGO_BIN_EXE_lab-net");
+/// The lab's traffic tool (a binary of `lanlink-lab`).
+static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
 
 /// Pings at 20/s for 10 s (200 requests), in the background.
 fn start_ping(ns: &NetNs, dst: Ipv4Addr, log: &Path) -> Result<lanlink_lab::cmd::BgProcess> {
@@ -47,16 +49,10 @@ fn finish_ping(
 
 /// The program id a pinned link runs (`bpftool link show pinned`).
 fn link_prog_id(pin: &Path) -> Result<u64> {
-    let out = lanlink_lab::cmd::run_ok(
-        std::process::Command::new("bpftool")
-            .args(["-j", "link", "show", "pinned"])
-            .arg(pin),
-        lanlink_lab::cmd::SHORT,
-    )?;
-    let v: Value = serde_json::from_str(&out)?;
+    let v = lanlink_lab::pods::bpftool_json("link", "show", pin)?;
     v["prog_id"]
         .as_u64()
-        .with_context(|| format!("no prog_id in {out}"))
+        .with_context(|| format!("no prog_id in {v}"))
 }
 
 /// Acceptance 6: a continuous ping (20/s for 10 s) pod → LAN host, and one
@@ -67,12 +63,10 @@ fn link_prog_id(pin: &Path) -> Result<u64> {
 #[test]
 fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    let mut agent = Agent::start(&node, AgentOptions::default())?;
-    let p1 = add_pod(&node, &agent, "p1")?;
-    let p2 = add_pod(&node, &agent, "p2")?;
+    let mut lab = OneNode::start()?;
+    let (host, node, agent) = (&lab.host, &lab.node, &mut lab.agent);
+    let p1 = add_pod(node, agent, "p1")?;
+    let p2 = add_pod(node, agent, "p2")?;
     let links = pods::pinned_links(agent.pin_dir())?;
     ensure!(
         links.len() == 5,
@@ -90,7 +84,7 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     // And a broadcast stream from the LAN (fan-out through FLOOD), 20/s.
     let bcast = lanlink_lab::traffic::Tool::spawn(
         &p2.ns,
-        Path::new(LAB_NET),
+        &LAB_NET,
         &[
             "udp-recv",
             "--bind",
@@ -102,7 +96,7 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
         ],
     )?;
     let mut sender = host.ns().spawn(&[
-        LAB_NET,
+        LAB_NET.to_str().expect("a UTF-8 path"),
         "udp-send",
         "--to",
         "198.18.0.255:9999",
@@ -116,9 +110,9 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     std::thread::sleep(Duration::from_secs(2));
     agent.kill(Signal::SIGKILL)?;
     ensure!(!agent.is_running());
-    let at_kill = pods::stats(&agent)?;
+    let at_kill = pods::stats(agent)?;
     std::thread::sleep(Duration::from_secs(1));
-    let counted_while_down = pods::stats(&agent)?;
+    let counted_while_down = pods::stats(agent)?;
     // 1 s of p1's 20/s pings, forwarded with no agent running.
     pods::ensure_grew(&at_kill, &counted_while_down, "redirect_uplink", 15)?;
     agent.restart()?;
@@ -166,7 +160,7 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
             ids_before[i]
         );
     }
-    let after = pods::stats(&agent)?;
+    let after = pods::stats(agent)?;
     pods::ensure_grew(&counted_while_down, &after, "redirect_uplink", 1)?;
     ensure!(
         after
@@ -176,7 +170,7 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     );
 
     // The restarted agent works: a new pod and the old ones talk.
-    let p3 = add_pod(&node, &agent, "p3")?;
+    let p3 = add_pod(node, agent, "p3")?;
     let p = lanlink_lab::ping(&p3.ns, p1.ip()?, 3, Duration::from_secs(5))?;
     ensure!(p.all_received(), "p3 → p1 after the restart: {}", p.summary);
 

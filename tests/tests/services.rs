@@ -16,11 +16,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail, ensure};
 use lanlink_lab::capture::{Capture, Packet};
-use lanlink_lab::hostnet::{
-    self, Pod, SERVICE_CIDR, counter, forward_policy_drops, hostile, stats,
-};
 use lanlink_lab::netfilter::{self, Endpoint, KubeProxy, Service, TrafficPolicy};
 use lanlink_lab::nssock::{TcpServer, tcp_connect};
+use lanlink_lab::pods::{self, Pod, SERVICE_CIDR, counter, forward_policy_drops, hostile, stats};
 use lanlink_lab::{Agent, Lan, LanHost, LanOptions, NetNs, Node};
 
 const NODE1: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 10);
@@ -141,7 +139,7 @@ fn pods_reach_cluster_ips_on_this_and_another_node() -> Result<()> {
                     None,
                     None,
                     TrafficPolicy::Cluster,
-                    near.ip(),
+                    near.ip()?,
                     on_node1,
                 ),
                 service(
@@ -150,7 +148,7 @@ fn pods_reach_cluster_ips_on_this_and_another_node() -> Result<()> {
                     None,
                     None,
                     TrafficPolicy::Cluster,
-                    far.ip(),
+                    far.ip()?,
                     !on_node1,
                 ),
             ],
@@ -170,7 +168,7 @@ fn pods_reach_cluster_ips_on_this_and_another_node() -> Result<()> {
     let local = connect_and_check(
         &client.ns,
         "eth0",
-        client.ip(),
+        client.ip()?,
         SocketAddrV4::new(near_cip, 80),
         "near\n",
     )?;
@@ -190,7 +188,7 @@ fn pods_reach_cluster_ips_on_this_and_another_node() -> Result<()> {
     connect_and_check(
         &client.ns,
         "eth0",
-        client.ip(),
+        client.ip()?,
         SocketAddrV4::new(far_cip, 80),
         "far\n",
     )?;
@@ -270,7 +268,7 @@ fn lan_clients_reach_load_balancer_and_node_port_services() -> Result<()> {
     let agent = Agent::start_with_args(&node, &[])?;
     let web = Pod::primary(&node, &agent, "web", &[SERVICE_CIDR])?;
     let srv = TcpServer::start(&web.ns, POD_PORT, "web\n", Duration::from_secs(60))?;
-    lb_rules(web.ip()).apply(node.ns())?;
+    lb_rules(web.ip()?).apply(node.ns())?;
 
     let cases = [
         (
@@ -327,7 +325,7 @@ fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
     let mut agent = Agent::start_with_args(&node, &["--no-flow-fix"])?;
     let web = Pod::primary(&node, &agent, "web", &[SERVICE_CIDR])?;
     let srv = TcpServer::start(&web.ns, POD_PORT, "web\n", Duration::from_secs(60))?;
-    lb_rules(web.ip()).apply(node.ns())?;
+    lb_rules(web.ip()?).apply(node.ns())?;
     let to = SocketAddrV4::new(LB_LOCAL, 80);
 
     // Without the fix.
@@ -344,7 +342,7 @@ fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
     if let Ok(c) = outcome {
         bail!("connected without the flow fix ({c:?}): the test cannot show the failure");
     }
-    let pod_src = (web.ip().to_string(), POD_PORT);
+    let pod_src = (web.ip()?.to_string(), POD_PORT);
     let stray: Vec<&Packet> = got
         .iter()
         .filter(|p| {
@@ -356,7 +354,7 @@ fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
     ensure!(
         !stray.is_empty(),
         "expected the pod's SYN/ACK from {}:{POD_PORT} on the client's wire, got {got:#?}",
-        web.ip()
+        web.ip()?
     );
     ensure!(
         !got.iter()
@@ -374,7 +372,7 @@ fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
     eprintln!(
         "without the fix: {} SYN/ACK from {}:{POD_PORT}, connect: {:?}",
         stray.len(),
-        web.ip(),
+        web.ip()?,
         outcome.err()
     );
 
@@ -392,6 +390,6 @@ fn the_flow_fix_is_what_makes_local_policy_work() -> Result<()> {
         counter(&s, "flow_to_host") > 0 && counter(&s, "flow_learnt") > 0,
         "{s:?}"
     );
-    ensure!(!hostnet::map_dump(agent.pin_dir(), "FLOWS")?.is_empty());
+    ensure!(!pods::map_dump(agent.pin_dir(), "FLOWS")?.is_empty());
     Ok(())
 }

@@ -14,16 +14,16 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
-use lanlink_cni::{
-    api::{EndpointInfo, LeaseInfo, StatusResponse},
+use lanlink_api::{
+    EndpointInfo, LeaseInfo, StatusResponse,
     client::{AgentClient, ClientError},
 };
-use lanlink_common::{Counter, EndpointByIf, Verdict, endpoint_flags, map_names};
+use lanlink_common::{Counter, EndpointByIf, StatSlot, endpoint_flags, map_names};
 use serde::{Deserialize, Serialize};
 
 use crate::{
     dataplane::{DataplaneError, map_err},
-    flows::{FlowTable, FlowsError},
+    flows::FlowsError,
     paths,
 };
 
@@ -41,7 +41,7 @@ pub struct StatsRow {
 }
 
 /// Rows for every verdict.
-pub fn stats_rows(stats: &[(Verdict, Counter)]) -> Vec<StatsRow> {
+pub fn stats_rows(stats: &[(StatSlot, Counter)]) -> Vec<StatsRow> {
     stats
         .iter()
         .map(|(v, c)| StatsRow {
@@ -132,8 +132,7 @@ fn proto_name(proto: u8) -> String {
 /// Reads the pinned `FLOWS` map under `pin_dir`, most recently seen first.
 pub fn pinned_flows(pin_dir: &Path) -> Result<Vec<FlowRow>, FlowsError> {
     let now = crate::flows::monotonic_ns();
-    let mut rows: Vec<FlowRow> = FlowTable::open(pin_dir)?
-        .entries()?
+    let mut rows: Vec<FlowRow> = crate::flows::read_pinned(pin_dir)?
         .into_iter()
         .map(|(k, v)| FlowRow {
             proto: proto_name(k.proto),
@@ -148,11 +147,6 @@ pub fn pinned_flows(pin_dir: &Path) -> Result<Vec<FlowRow>, FlowsError> {
         .collect();
     rows.sort_by_key(|r| r.idle_ms);
     Ok(rows)
-}
-
-/// Number of entries of the pinned `FLOWS` map.
-pub fn pinned_flow_count(pin_dir: &Path) -> Result<usize, FlowsError> {
-    Ok(FlowTable::open(pin_dir)?.entries()?.len())
 }
 
 fn flag_names(flags: u32) -> Vec<String> {
@@ -284,7 +278,7 @@ fn endpoints_table(eps: &[EndpointInfo]) -> String {
                     e.pod.namespace.as_deref().unwrap_or("-"),
                     e.pod.name.as_deref().unwrap_or("-")
                 ),
-                e.mac.clone(),
+                e.mac.to_string(),
                 e.address.clone().unwrap_or_else(|| "-".into()),
                 e.host_veth.clone(),
                 format!("{:?}", e.mode).to_lowercase(),
@@ -348,7 +342,7 @@ fn leases_table(leases: &[LeaseInfo]) -> String {
         .map(|l| {
             vec![
                 l.address.clone(),
-                l.mac.clone(),
+                l.mac.to_string(),
                 l.server.clone(),
                 l.state.clone(),
                 format!("{}s", l.lease_secs),
@@ -544,7 +538,7 @@ mod tests {
 
     #[test]
     fn stats_rows_cover_every_verdict() {
-        let stats: Vec<_> = Verdict::ALL
+        let stats: Vec<_> = StatSlot::ALL
             .iter()
             .map(|v| {
                 (
@@ -557,7 +551,7 @@ mod tests {
             })
             .collect();
         let rows = stats_rows(&stats);
-        assert_eq!(rows.len(), Verdict::ALL.len());
+        assert_eq!(rows.len(), StatSlot::ALL.len());
         assert!(rows.iter().any(|r| r.verdict == "drop_spoof_ip" && r.drop));
         let t = stats_table(&rows);
         assert!(t.starts_with("VERDICT"), "{t}");

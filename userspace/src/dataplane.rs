@@ -23,8 +23,8 @@ use aya::{
     },
 };
 use lanlink_common::{
-    Counter, EndpointByIf, EndpointByMac, FLOOD_EMPTY, FlowKey, FlowValue, MAX_ENDPOINTS, MacKey,
-    Verdict, endpoint_flags, globals, map_names,
+    Counter, EndpointByIf, EndpointByMac, FLOOD_EMPTY, MAX_ENDPOINTS, MacKey, StatSlot,
+    endpoint_flags, globals, map_names,
 };
 
 use crate::paths;
@@ -116,6 +116,14 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
     }
 }
 
+/// A map removal that found nothing to remove is fine.
+fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match r {
+        Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 /// The TC programs of the object.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
@@ -164,7 +172,6 @@ pub struct Dataplane {
     ep_by_if: HashMap<MapData, u32, EndpointByIf>,
     flood: Array<MapData, u32>,
     host_routes: LpmTrie<MapData, [u8; 4], u32>,
-    flows: HashMap<MapData, FlowKey, FlowValue>,
     stats: PerCpuArray<MapData, Counter>,
     /// Whether the maps already existed (a previous agent's state was adopted).
     pub adopted: bool,
@@ -234,8 +241,6 @@ impl Dataplane {
             Array::try_from(take(map_names::FLOOD)?).map_err(map_err(map_names::FLOOD, "open"))?;
         let host_routes = LpmTrie::try_from(take(map_names::HOST_ROUTES)?)
             .map_err(map_err(map_names::HOST_ROUTES, "open"))?;
-        let flows = HashMap::try_from(take(map_names::FLOWS)?)
-            .map_err(map_err(map_names::FLOWS, "open"))?;
         let stats = PerCpuArray::try_from(take(map_names::STATS)?)
             .map_err(map_err(map_names::STATS, "open"))?;
 
@@ -246,7 +251,6 @@ impl Dataplane {
             ep_by_if,
             flood,
             host_routes,
-            flows,
             stats,
             adopted,
         };
@@ -354,20 +358,27 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Removes both endpoint entries, the host veth from the fan-out list
-    /// (before the veth can go away: a clone to a deleted interface fails)
-    /// and the flows learnt through it; absent entries are fine.
+    /// Removes the endpoint entries of a host veth and takes the veth out of
+    /// the fan-out list (before the veth can go away: a clone to a deleted
+    /// interface fails); absent entries are fine.
+    ///
+    /// The `EP_BY_MAC` entry of `mac` is removed only while it still points
+    /// at `host_ifindex`: a MAC is an identity, and another attachment may
+    /// hold it by now (a pod re-created under the same name), whose entry
+    /// this must never remove. `None` leaves `EP_BY_MAC` alone.
     pub fn remove_endpoint(
         &mut self,
         host_ifindex: u32,
-        mac: [u8; 6],
+        mac: Option<[u8; 6]>,
     ) -> Result<(), DataplaneError> {
-        let ignore_missing = |r: Result<(), aya::maps::MapError>| match r {
-            Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
-            Err(e) => Err(e),
-        };
-        ignore_missing(self.ep_by_mac.remove(&MacKey::new(mac)))
-            .map_err(map_err(map_names::EP_BY_MAC, "remove"))?;
+        if let Some(mac) = mac
+            && self
+                .endpoint_by_mac(mac)
+                .is_some_and(|e| e.ifindex == host_ifindex)
+        {
+            ignore_missing(self.ep_by_mac.remove(&MacKey::new(mac)))
+                .map_err(map_err(map_names::EP_BY_MAC, "remove"))?;
+        }
         ignore_missing(self.ep_by_if.remove(&host_ifindex)).map_err(map_err(
             map_names::EP_BY_IF,
             format!("remove index {host_ifindex}"),
@@ -377,21 +388,7 @@ impl Dataplane {
             .into_iter()
             .filter(|m| *m != host_ifindex)
             .collect();
-        self.set_flood(&members)?;
-        // Flows are keyed by 5-tuple; a later pod may get the same address,
-        // and must not inherit the old pod's steering. An LRU map may evict
-        // entries while we walk it: a vanished key is fine.
-        let stale: Vec<FlowKey> = self
-            .flows
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, v)| v.ifindex == host_ifindex)
-            .map(|(k, _)| k)
-            .collect();
-        for k in stale {
-            ignore_missing(self.flows.remove(&k)).map_err(map_err(map_names::FLOWS, "remove"))?;
-        }
-        Ok(())
+        self.set_flood(&members)
     }
 
     /// The endpoint entry of a host veth, if any.
@@ -466,8 +463,9 @@ impl Dataplane {
         Ok(())
     }
 
-    /// Sums the per-CPU counters of every verdict.
-    pub fn stats(&self) -> Result<Vec<(Verdict, Counter)>, DataplaneError> {
+    /// Sums the per-CPU counters of every `STATS` slot (verdicts and drop
+    /// reasons).
+    pub fn stats(&self) -> Result<Vec<(StatSlot, Counter)>, DataplaneError> {
         read_stats(&self.stats)
     }
 }
@@ -616,11 +614,11 @@ pub fn flood_plan(slots: &[u32], members: &[u32]) -> Vec<(u32, u32)> {
 /// Sums a `STATS` map's per-CPU counters.
 pub fn read_stats(
     stats: &PerCpuArray<MapData, Counter>,
-) -> Result<Vec<(Verdict, Counter)>, DataplaneError> {
-    let mut out = Vec::with_capacity(Verdict::ALL.len());
-    for v in Verdict::ALL {
+) -> Result<Vec<(StatSlot, Counter)>, DataplaneError> {
+    let mut out = Vec::with_capacity(StatSlot::ALL.len());
+    for v in StatSlot::ALL {
         let per_cpu = stats
-            .get(&(*v as u32), 0)
+            .get(&v.index(), 0)
             .map_err(map_err(map_names::STATS, "read"))?;
         let sum = per_cpu.iter().fold(Counter::default(), |a, c| Counter {
             packets: a.packets + c.packets,

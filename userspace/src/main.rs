@@ -24,9 +24,10 @@ struct Cli {
     /// Where maps and TC links are pinned (bpffs).
     #[arg(long, global = true, env = "LANLINK_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
     pin_dir: PathBuf,
-    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or `lanlink_agent=debug`.
-    #[arg(long, global = true, env = "LANLINK_LOG", default_value = "info")]
-    log: String,
+    /// Log filter (tracing `EnvFilter` syntax), e.g. `info` or
+    /// `lanlink_agent=debug`. Without it, `RUST_LOG` applies, else `info`.
+    #[arg(long, global = true, env = "LANLINK_LOG")]
+    log: Option<String>,
     /// Log format.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -63,7 +64,7 @@ struct RunArgs {
         env = "LANLINK_HOST_ROUTES",
         value_delimiter = ','
     )]
-    host_routes: Vec<String>,
+    host_routes: Vec<lanlink_api::Ipv4Cidr>,
     /// Seconds a conntrack-bypass flow may stay idle before it is forgotten
     /// (the flow map is an LRU bounded in size either way).
     #[arg(
@@ -124,8 +125,18 @@ struct Output {
     json: bool,
 }
 
-fn init_logs(filter: &str, format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+/// The log filter: `--log` (or `LANLINK_LOG`) when given, else `RUST_LOG`
+/// when set and not empty, else `info`.
+fn log_filter(flag: Option<&str>, rust_log: Option<&str>) -> String {
+    flag.or(rust_log.filter(|f| !f.trim().is_empty()))
+        .unwrap_or("info")
+        .to_string()
+}
+
+fn init_logs(flag: Option<&str>, format: LogFormat) {
+    let rust_log = std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV).ok();
+    let wanted = log_filter(flag, rust_log.as_deref());
+    let filter = tracing_subscriber::EnvFilter::try_new(&wanted)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -139,7 +150,7 @@ fn init_logs(filter: &str, format: LogFormat) {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logs(&cli.log, cli.log_format);
+    init_logs(cli.log.as_deref(), cli.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -266,4 +277,30 @@ fn uninstall(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_filter_prefers_the_flag_then_rust_log_then_info() {
+        assert_eq!(log_filter(Some("debug"), Some("trace")), "debug");
+        assert_eq!(
+            log_filter(None, Some("lanlink_agent=trace")),
+            "lanlink_agent=trace"
+        );
+        assert_eq!(log_filter(None, Some("  ")), "info");
+        assert_eq!(log_filter(None, None), "info");
+    }
+
+    #[test]
+    fn the_log_flag_has_no_default_that_would_hide_rust_log() {
+        let cli = Cli::try_parse_from(["lanlinkd", "--uplink", "eth0"]).unwrap();
+        if std::env::var_os("LANLINK_LOG").is_none() {
+            assert_eq!(cli.log, None);
+        }
+        let cli = Cli::try_parse_from(["lanlinkd", "--log", "warn"]).unwrap();
+        assert_eq!(cli.log.as_deref(), Some("warn"));
+    }
 }

@@ -3,10 +3,13 @@
 //!
 //! Everything but the API latency histogram is read at scrape time from its
 //! source of truth: the dataplane's pinned `STATS` map (packets and bytes by
-//! verdict and drop reason), the pinned `FLOWS` map, the DHCP client's
-//! counters, the agent's endpoints and leases, and the host veths' netlink
-//! counters. Nothing is cached, so a scrape shows what is now, and an agent
-//! restart does not reset the dataplane counters (the maps stay pinned).
+//! verdict and drop reason), the DHCP client's counters, the agent's
+//! endpoints and leases, and the host veths' netlink counters, so a scrape
+//! shows what is now, and an agent restart does not reset the dataplane
+//! counters (the maps stay pinned). The one exception is the size of the
+//! `FLOWS` map: its owner ([`crate::flows`]) counts it on each pass (every
+//! `gc_interval`, at most 60 s), as walking 65,536 entries per scrape would
+//! block.
 //!
 //! The output is the OpenMetrics text format (what `prometheus-client`
 //! writes, `# EOF` included), which Prometheus scrapes natively.
@@ -21,8 +24,7 @@ use std::{
     collections::HashMap,
     fmt,
     net::SocketAddr,
-    path::Path,
-    sync::{Arc, LazyLock, atomic::Ordering},
+    sync::{Arc, LazyLock},
     time::Instant,
 };
 
@@ -36,8 +38,8 @@ use axum::{
     routing::get,
 };
 use futures::TryStreamExt as _;
-use lanlink_cni::api::{EndpointInfo, LeaseInfo, StatusResponse};
-use lanlink_common::{Counter as VerdictCounter, Verdict};
+use lanlink_api::{EndpointInfo, LeaseInfo, StatusResponse};
+use lanlink_common::{Counter as VerdictCounter, StatSlot};
 use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
@@ -138,8 +140,9 @@ pub struct Snapshot {
     /// The agent's status.
     pub status: Option<StatusResponse>,
     /// Verdict counters, summed over CPUs; `None` when the map could not be read.
-    pub verdicts: Option<Vec<(Verdict, VerdictCounter)>>,
-    /// Entries of the flow map; `None` when it could not be read.
+    pub verdicts: Option<Vec<(StatSlot, VerdictCounter)>>,
+    /// Entries of the flow map after its owner's last pass; `None` before
+    /// the first pass (or when the map could not be read).
     pub flows: Option<usize>,
     /// The DHCP client's counters.
     pub dhcp: DhcpStats,
@@ -162,9 +165,9 @@ impl Snapshot {
             .with_dataplane(|dp| dp.stats())
             .inspect_err(|e| tracing::warn!(error = %e, "metrics: cannot read the STATS map"))
             .ok();
-        let flows = crate::cli::pinned_flow_count(Path::new(&status.pin_dir))
-            .inspect_err(|e| tracing::warn!(error = %e, "metrics: cannot read the FLOWS map"))
-            .ok();
+        // The flow map's owner counts it on each pass: a scrape never walks
+        // the 65,536-entry map.
+        let flows = agent.flow_gc().live().and_then(|n| usize::try_from(n).ok());
         let endpoints = agent.endpoints();
         let links = match host_link_counters().await {
             Ok(links) => links,
@@ -179,8 +182,8 @@ impl Snapshot {
             flows,
             dhcp: agent.dhcp().stats(),
             flow_gc: Some(FlowGcCounters {
-                runs: agent.flow_gc().runs.load(Ordering::Relaxed),
-                expired: agent.flow_gc().expired.load(Ordering::Relaxed),
+                runs: agent.flow_gc().runs(),
+                expired: agent.flow_gc().expired(),
             }),
             endpoints,
             leases: agent.leases(),
@@ -299,7 +302,7 @@ impl Collector for Snapshot {
             )?;
         }
         if let Some(verdicts) = &self.verdicts {
-            let labels = |v: &Verdict| {
+            let labels = |v: &StatSlot| {
                 vec![
                     ("verdict", v.label().to_owned()),
                     ("drop", v.is_drop().to_string()),
@@ -424,7 +427,7 @@ impl Collector for Snapshot {
                         ("pod", e.pod.name.clone().unwrap_or_default()),
                         ("network", e.network.clone()),
                         ("mode", format!("{:?}", e.mode).to_lowercase()),
-                        ("mac", e.mac.clone()),
+                        ("mac", e.mac.to_string()),
                         ("address", e.address.clone().unwrap_or_default()),
                         ("host_veth", e.host_veth.clone()),
                     ],
@@ -484,7 +487,7 @@ impl Collector for Snapshot {
                 let mut labels = lease_labels(l);
                 labels.extend([
                     ("address", l.address.clone()),
-                    ("mac", l.mac.clone()),
+                    ("mac", l.mac.to_string()),
                     ("server", l.server.clone()),
                     ("state", l.state.clone()),
                 ]);
@@ -573,7 +576,7 @@ pub async fn serve_tcp(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lanlink_cni::api::{Mode, PodIdentity};
+    use lanlink_api::{Mode, PodIdentity};
 
     fn snapshot() -> Snapshot {
         Snapshot {
@@ -588,7 +591,7 @@ mod tests {
                 adopted: false,
             }),
             verdicts: Some(
-                Verdict::ALL
+                StatSlot::ALL
                     .iter()
                     .map(|v| {
                         (
@@ -627,14 +630,14 @@ mod tests {
                 },
                 host_veth: "ll0123456789ab".into(),
                 host_ifindex: 7,
-                mac: "02:00:00:00:00:01".into(),
+                mac: [2, 0, 0, 0, 0, 1].into(),
                 address: Some("198.18.0.100/24".into()),
                 mode: Mode::Primary,
             }],
             leases: vec![LeaseInfo {
                 container_id: "c1".into(),
                 ifname: "eth0".into(),
-                mac: "02:00:00:00:00:01".into(),
+                mac: [2, 0, 0, 0, 0, 1].into(),
                 address: "198.18.0.100/24".into(),
                 server: "198.18.0.1".into(),
                 lease_secs: 3600,

@@ -1,5 +1,6 @@
-//! rtnetlink work: the veth pair of a pod, host routes, the uplink's unicast
-//! filter, and the pod-side address and routes.
+//! rtnetlink work, all of it: the veth pair of a pod, host routes, the
+//! uplink's unicast filter and address/state notifications, and the
+//! pod-side address and routes.
 //!
 //! `setns` only affects the calling thread, so work inside a pod's namespace
 //! runs on a dedicated thread that entered it, with its own current-thread
@@ -18,8 +19,9 @@ use futures::TryStreamExt as _;
 use rtnetlink::{
     Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
     packet_route::{
-        address::AddressAttribute,
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage},
+        RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, State as OperState},
         neighbour::NeighbourFlags,
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
     },
@@ -407,14 +409,7 @@ pub async fn read_pod(netns: &Path, ifname: &str) -> Result<PodState, NetlinkErr
             mac: Some(l.mac),
             ..PodState::default()
         };
-        let mut addrs = h.address().get().set_link_index_filter(l.index).execute();
-        while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
-            for attr in &a.attributes {
-                if let AddressAttribute::Address(std::net::IpAddr::V4(ip)) = attr {
-                    st.addresses.push((*ip, a.header.prefix_len));
-                }
-            }
-        }
+        st.addresses = ipv4_addresses(&h, l.index).await?;
         let filter = RouteMessageBuilder::<Ipv4Addr>::new().build();
         let mut routes = h.route().get(filter).execute();
         while let Some(r) = routes.try_next().await.map_err(req("list routes"))? {
@@ -444,6 +439,168 @@ pub async fn read_pod(netns: &Path, ifname: &str) -> Result<PodState, NetlinkErr
         Ok(st)
     })
     .await
+}
+
+/// The IPv4 address (with its prefix length) an address message carries.
+pub fn ipv4_of(msg: &AddressMessage) -> Option<(Ipv4Addr, u8)> {
+    msg.attributes.iter().find_map(|attr| match attr {
+        AddressAttribute::Address(std::net::IpAddr::V4(ip)) => Some((*ip, msg.header.prefix_len)),
+        _ => None,
+    })
+}
+
+/// Whether a link's operational state lets it carry traffic: `up`, or
+/// `unknown` (drivers without carrier reporting, e.g. dummy links, which
+/// `ip link` shows as UNKNOWN and which forward all the same).
+pub fn oper_up(msg: &LinkMessage) -> bool {
+    msg.attributes.iter().any(|attr| {
+        matches!(
+            attr,
+            LinkAttribute::OperState(OperState::Up | OperState::Unknown)
+        )
+    })
+}
+
+/// The IPv4 addresses (with prefix lengths) of interface `index`.
+pub async fn ipv4_addresses(
+    handle: &Handle,
+    index: u32,
+) -> Result<Vec<(Ipv4Addr, u8)>, NetlinkError> {
+    let mut out = Vec::new();
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs
+        .try_next()
+        .await
+        .map_err(req(format!("list the addresses of index {index}")))?
+    {
+        // The kernel may ignore the filter on old versions: check the index.
+        if a.header.index == index
+            && let Some(a) = ipv4_of(&a)
+        {
+            out.push(a);
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
+/// Removes `addr/prefix` from interface `index`; succeeds if absent.
+pub async fn del_ipv4_address(
+    handle: &Handle,
+    index: u32,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetlinkError> {
+    let mut addrs = handle
+        .address()
+        .get()
+        .set_link_index_filter(index)
+        .execute();
+    while let Some(a) = addrs.try_next().await.map_err(req("list addresses"))? {
+        if a.header.index == index && ipv4_of(&a) == Some((addr, prefix)) {
+            handle
+                .address()
+                .del(a)
+                .execute()
+                .await
+                .map_err(req(format!("remove {addr}/{prefix}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// The operational state of link `index` ([`oper_up`]).
+pub async fn link_oper_up(handle: &Handle, index: u32) -> Result<bool, NetlinkError> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(oper_up(&msg)),
+        Ok(None) => Ok(false),
+        Err(e) => Err(req(format!("get link index {index}"))(e)),
+    }
+}
+
+/// Sets link `index` up.
+pub async fn set_up(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(req(format!("set index {index} up")))
+}
+
+/// Puts link `index` in promiscuous mode.
+pub async fn set_promiscuous(handle: &Handle, index: u32) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).promiscuous(true).build())
+        .execute()
+        .await
+        .map_err(req(format!("set index {index} promiscuous")))
+}
+
+/// `ip route del <ip>/32 dev <ifindex> scope link`; succeeds if absent.
+pub async fn del_host_route(
+    handle: &Handle,
+    ip: Ipv4Addr,
+    ifindex: u32,
+) -> Result<(), NetlinkError> {
+    match handle.route().del(host_route(ip, ifindex)).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let e = req(format!("remove route {ip}/32 dev index {ifindex}"))(e);
+            if is_not_found(&e) { Ok(()) } else { Err(e) }
+        }
+    }
+}
+
+/// Brings `ifname` up inside the pod's namespace (`ipam: none`: the pod
+/// configures it itself).
+pub async fn pod_link_up(netns: &Path, ifname: &str) -> Result<(), NetlinkError> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move |h| async move {
+        let l = link(&h, &ifname).await?;
+        set_up(&h, l.index).await
+    })
+    .await
+}
+
+/// Removes `addr/prefix` from `ifname` inside the pod's namespace.
+pub async fn remove_pod_address(
+    netns: &Path,
+    ifname: &str,
+    addr: Ipv4Addr,
+    prefix: u8,
+) -> Result<(), NetlinkError> {
+    let ifname = ifname.to_string();
+    in_netns(netns, move |h| async move {
+        let l = link(&h, &ifname).await?;
+        del_ipv4_address(&h, l.index, addr, prefix).await
+    })
+    .await
+}
+
+/// The notifications of a [`subscribe_uplink`] connection.
+pub type Notifications = futures::channel::mpsc::UnboundedReceiver<(
+    rtnetlink::packet_core::NetlinkMessage<RouteNetlinkMessage>,
+    rtnetlink::sys::SocketAddr,
+)>;
+
+/// Opens a connection subscribed to IPv4 address and link changes
+/// (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_LINK`) and spawns its driver; the
+/// handle serves the dumps that seed what the notifications then update.
+pub fn subscribe_uplink() -> Result<(Handle, Notifications), NetlinkError> {
+    let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
+        rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        rtnetlink::MulticastGroup::Link,
+    ])
+    .map_err(NetlinkError::Connect)?;
+    tokio::spawn(conn);
+    Ok((handle, messages))
 }
 
 /// `aa:bb:cc:dd:ee:ff`.

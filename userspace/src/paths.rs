@@ -7,7 +7,7 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lanlink";
 /// Default state directory (endpoints and leases).
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/lanlink";
 /// Default API socket.
-pub const DEFAULT_SOCKET: &str = lanlink_cni::api::DEFAULT_SOCKET;
+pub const DEFAULT_SOCKET: &str = lanlink_api::DEFAULT_SOCKET;
 /// Subdirectory of the pin directory holding pinned TC links.
 pub const LINKS_DIR: &str = "links";
 /// State file inside the state directory.

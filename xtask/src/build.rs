@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 
 use crate::ebpf;
-use crate::util::{self, exec};
+use crate::util;
 
 /// What a build produced.
 pub struct Built {
@@ -19,18 +19,12 @@ pub struct Built {
 /// Builds everything; `release` selects the profile of the agent and plugin.
 pub fn build(release: bool) -> Result<Built> {
     let ebpf_obj = ebpf::build()?;
-    let root = util::root();
-    let mut cmd = util::cargo();
-    cmd.current_dir(&root)
-        .args(["build", "-p", "lanlink-agent", "-p", "lanlink-cni"])
-        .env("LANLINK_EBPF_OBJ", &ebpf_obj);
-    if release {
-        cmd.arg("--release");
-    }
-    exec(&mut cmd).context("building the agent and the CNI plugin failed")?;
-    let bin_dir = root
-        .join("target")
-        .join(if release { "release" } else { "debug" });
+    let bin_dir = util::cargo_build(
+        &["-p", "lanlink-agent", "-p", "lanlink-cni"],
+        release,
+        &[("LANLINK_EBPF_OBJ", &ebpf_obj)],
+    )
+    .context("building the agent and the CNI plugin failed")?;
     Ok(Built { ebpf_obj, bin_dir })
 }
 

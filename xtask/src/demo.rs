@@ -66,13 +66,7 @@ fn demo(bin_dir: &Path) -> Result<()> {
     );
 
     heading("agent");
-    let agent = Agent::start(
-        &node,
-        AgentOptions {
-            bin_dir: bin_dir.to_owned(),
-            ..AgentOptions::default()
-        },
-    )?;
+    let agent = Agent::start(&node, AgentOptions::from_bin_dir(bin_dir))?;
     println!(
         "lanlinkd running in {} (pid {:?})",
         node.name(),
@@ -100,7 +94,7 @@ fn demo(bin_dir: &Path) -> Result<()> {
         pods.push(Pod {
             name,
             container_id,
-            ip: result_ip(&result),
+            ip: lanlink_lab::pods::result_ip(&result).ok().flatten(),
             ns,
         });
     }
@@ -200,16 +194,6 @@ fn demo(bin_dir: &Path) -> Result<()> {
         bail!("{failures} step(s) of the demo failed");
     }
     Ok(())
-}
-
-/// The pod's address from a CNI result (`ips[0].address`, without prefix).
-fn result_ip(result: &Value) -> Option<Ipv4Addr> {
-    result["ips"][0]["address"]
-        .as_str()?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
 }
 
 /// `IP, MAC, lease time` of a pod from its CNI result; the lease time comes

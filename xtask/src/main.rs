@@ -5,8 +5,9 @@
 //! - `build`: the eBPF object, then the agent and the CNI plugin embedding it.
 //! - `test`: setup, build, format check, then the whole workspace's tests.
 //! - `demo`: setup, build, then a lab with three pods on a LAN.
-//! - `bench`: setup, build, then lanlink against the physical limit and
-//!   bridge + iptables, side by side (results in `bench/results/`).
+//! - `bench`: setup, build, then run the `lanlink-bench` crate (`bench/`):
+//!   lanlink against the physical limit and bridge + iptables, side by
+//!   side, and DEL/scrape with 65k flows (results in `bench/results/`).
 
 mod bench;
 mod build;
@@ -48,24 +49,10 @@ enum Cmd {
     },
     /// Setup, build, then run the demo lab: a LAN, a node, three pods.
     Demo,
-    /// Setup, build (release), then benchmark lanlink against the physical
-    /// limit and bridge + iptables; results in bench/results/.
-    Bench {
-        /// One repetition, short runs, few pods (results in
-        /// target/bench-quick/); fails unless every variant produced numbers.
-        #[arg(long)]
-        quick: bool,
-        /// Build lanlinkd and the CNI plugin with the dev profile.
-        #[arg(long)]
-        dev: bool,
-        /// Directory for results.md, results.json and the PNG charts.
-        #[arg(long)]
-        out: Option<std::path::PathBuf>,
-        /// Measure nothing: render results.md and the charts again from the
-        /// directory's results.json.
-        #[arg(long)]
-        render: bool,
-    },
+    /// Setup, build (release), then run the benchmark (`bench/`, crate
+    /// lanlink-bench): lanlink against the physical limit and bridge +
+    /// iptables, and DEL/scrape with 65k flows; results in bench/results/.
+    Bench(bench::Options),
 }
 
 fn main() -> Result<()> {
@@ -75,16 +62,6 @@ fn main() -> Result<()> {
         Cmd::Build { release } => build::run(release).map(|_| ()),
         Cmd::Test { args } => test::run(&args),
         Cmd::Demo => demo::run(),
-        Cmd::Bench {
-            quick,
-            dev,
-            out,
-            render,
-        } => bench::run(&bench::Options {
-            quick,
-            dev,
-            out,
-            render,
-        }),
+        Cmd::Bench(opts) => bench::run(&opts),
     }
 }

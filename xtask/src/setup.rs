@@ -2,7 +2,7 @@
 //! needs to build lanlink and run its lab, skipping what is there. Prints one
 //! line per item: `ok` or `installing`.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -113,42 +113,10 @@ fn packages() -> Result<()> {
     Ok(())
 }
 
-/// Nightly rust-src (build-std for the BPF target) and stable rustfmt (the
-/// format check of `cargo xtask test`).
+/// The eBPF crate's pinned nightly (see [`ebpf_toolchain`]) and stable
+/// rustfmt (the format check of `cargo xtask test`).
 fn rust_components() -> Result<()> {
-    let toolchains = stdout_of(Command::new("rustup").args(["toolchain", "list"]));
-    if !toolchains.lines().any(|l| l.starts_with("nightly")) {
-        installing("rust toolchain nightly");
-        exec(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-            "--component",
-            "rust-src",
-        ]))
-        .context("cannot install the nightly toolchain (the eBPF build needs it)")?;
-    }
-    let nightly = stdout_of(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]));
-    if nightly.lines().any(|l| l.trim() == "rust-src") {
-        ok("rust-src (nightly)");
-    } else {
-        installing("rust-src (nightly)");
-        exec(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
-    }
+    ebpf_toolchain()?;
     if succeeds(util::cargo().args(["fmt", "--version"])) {
         ok("rustfmt");
     } else {
@@ -156,6 +124,133 @@ fn rust_components() -> Result<()> {
         exec(Command::new("rustup").args(["component", "add", "rustfmt"]))?;
     }
     Ok(())
+}
+
+/// Components the eBPF build and its clippy need from the pinned nightly.
+const EBPF_COMPONENTS: &[&str] = &["rust-src", "clippy"];
+
+/// Makes the toolchain named in `ebpf/lanlink-ebpf/rust-toolchain.toml`
+/// (`lanlink-nightly-<date>`) resolvable, without a download when possible.
+///
+/// The name is a rustup *linked* toolchain because rustup refuses to link
+/// official-looking names (`nightly-<date>`), and a machine that cannot
+/// reach static.rust-lang.org must still get it. In order:
+/// 1. it is already listed by `rustup toolchain list`: nothing to do;
+/// 2. the official `nightly-<date>` is installed: link the name to it;
+/// 3. the floating `nightly` is installed and its channel manifest is dated
+///    `<date>` (the same build): link the name to its sysroot;
+/// 4. otherwise install `nightly-<date>` with the components and link to it.
+///
+/// In every case the components are then checked; a linked toolchain cannot
+/// have components added, so a missing one is a clear error.
+fn ebpf_toolchain() -> Result<()> {
+    let name = crate::ebpf::pinned_toolchain()?;
+    let Some(date) = name.strip_prefix("lanlink-nightly-") else {
+        bail!(
+            "ebpf/lanlink-ebpf/rust-toolchain.toml names `{name}`; \
+             expected `lanlink-nightly-<YYYY-MM-DD>`"
+        );
+    };
+    let official = format!("nightly-{date}");
+    let listed = |want: &str| {
+        stdout_of(Command::new("rustup").args(["toolchain", "list"]))
+            .lines()
+            .filter_map(|l| l.split_whitespace().next())
+            .any(|t| t == want || t.strip_suffix(&format!("-{}", host_triple())) == Some(want))
+    };
+    if listed(&name) {
+        ok(&format!("rust toolchain {name}"));
+    } else {
+        let source = if listed(&official) {
+            official.clone()
+        } else if listed("nightly") && manifest_date("nightly").as_deref() == Some(date) {
+            "nightly".to_owned()
+        } else {
+            installing(&format!("rust toolchain {official} (rustup download)"));
+            exec(
+                Command::new("rustup")
+                    .args(["toolchain", "install", &official, "--profile", "minimal"])
+                    .args(["--component", &EBPF_COMPONENTS.join(",")]),
+            )
+            .with_context(|| {
+                format!(
+                    "cannot install {official} for the eBPF build, and no installed \
+                     `nightly` is dated {date}: install it (`rustup toolchain install \
+                     {official} --component {}`) or bump the date in \
+                     ebpf/lanlink-ebpf/rust-toolchain.toml to an installed nightly's",
+                    EBPF_COMPONENTS.join(",")
+                )
+            })?;
+            official.clone()
+        };
+        let Some(sysroot) = sysroot(&source) else {
+            bail!("`rustc +{source} --print sysroot` failed");
+        };
+        installing(&format!("rust toolchain {name} (rustup link to {source})"));
+        exec(
+            Command::new("rustup")
+                .args(["toolchain", "link", &name])
+                .arg(&sysroot),
+        )?;
+    }
+    let Some(sysroot) = sysroot(&name) else {
+        bail!("`rustc +{name} --print sysroot` failed after linking it");
+    };
+    // rust-src is a directory in the sysroot; clippy is a driver binary.
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        ok(&format!("rust-src ({name})"));
+    } else {
+        bail!(
+            "{name} has no rust-src (build-std needs it): `rustup component add \
+             rust-src --toolchain {official}`, or for a linked nightly on the \
+             toolchain it links to"
+        );
+    }
+    if succeeds(
+        Command::new("cargo")
+            .arg(format!("+{name}"))
+            .args(["clippy", "--version"]),
+    ) {
+        ok(&format!("clippy ({name})"));
+    } else {
+        bail!(
+            "{name} has no clippy (`cargo xtask test` runs it over the eBPF crate): \
+             `rustup component add clippy --toolchain {official}`, or on the \
+             toolchain it links to"
+        );
+    }
+    Ok(())
+}
+
+/// The date of `toolchain`'s channel manifest (`date = "YYYY-MM-DD"`, the
+/// nightly's name date), if rustup installed it from a channel.
+fn manifest_date(toolchain: &str) -> Option<String> {
+    let manifest = sysroot(toolchain)?.join("lib/rustlib/multirust-channel-manifest.toml");
+    let text = std::fs::read_to_string(manifest).ok()?;
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("date"))
+        .filter_map(|rest| rest.trim_start().strip_prefix('='))
+        .map(|v| v.trim().trim_matches('"').to_owned())
+        .next()
+}
+
+/// `toolchain`'s sysroot, if rustup can run its rustc.
+fn sysroot(toolchain: &str) -> Option<PathBuf> {
+    let out = stdout_of(
+        Command::new("rustc")
+            .arg(format!("+{toolchain}"))
+            .args(["--print", "sysroot"]),
+    );
+    let path = out.trim();
+    (!path.is_empty()).then(|| PathBuf::from(path))
+}
+
+/// The host's target triple (`rustup toolchain list` suffixes names with it).
+fn host_triple() -> String {
+    stdout_of(Command::new("rustc").arg("-vV"))
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// bpf-linker built against Debian's LLVM 22 (about 3 minutes on 2 cores).

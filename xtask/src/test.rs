@@ -1,5 +1,6 @@
 //! `cargo xtask test`: what CI runs (`.ci/run`). Setup, build (dev profile),
-//! the format check, then every test of the workspace with the built
+//! the format check, clippy (`-D warnings`) over the workspace and the eBPF
+//! crate, then every test of the workspace with the built
 //! binaries; extra arguments go to `cargo test`. Without extra arguments,
 //! `cargo xtask bench --quick` follows (every benchmark variant must still
 //! produce numbers).
@@ -7,7 +8,7 @@
 use anyhow::{Context, Result};
 
 use crate::util::{self, exec};
-use crate::{bench, build, setup};
+use crate::{bench, build, ebpf, setup};
 
 /// `cargo xtask test [-- <cargo test args>]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -20,6 +21,23 @@ pub fn run(args: &[String]) -> Result<()> {
             .args(["fmt", "--all", "--check"]),
     )
     .context("formatting differs: run `cargo fmt --all`")?;
+    // Clippy, warnings denied: the workspace (with the object the build
+    // embedded, so nothing is rebuilt differently), then the eBPF crate.
+    exec(
+        util::cargo()
+            .current_dir(&root)
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .env("LANLINK_EBPF_OBJ", &built.ebpf_obj),
+    )
+    .context("clippy found warnings in the workspace")?;
+    ebpf::clippy()?;
     // Leftovers of an earlier run that crashed are not this run's leaks.
     lanlink_lab::sweep_leftovers();
     let tests = exec(
@@ -47,8 +65,7 @@ pub fn run(args: &[String]) -> Result<()> {
     // The whole suite (CI) also checks that the benchmark still runs; a
     // filtered run (`-- <name>`) is someone iterating on one test.
     if args.is_empty() {
-        bench::run_built(&built, false, true, &bench::default_out(true))
-            .context("`cargo xtask bench --quick` failed")?;
+        bench::run_quick(&built.bin_dir).context("`cargo xtask bench --quick` failed")?;
     }
     Ok(())
 }

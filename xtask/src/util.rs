@@ -1,7 +1,7 @@
 //! Helpers shared by the commands: the workspace root, running commands with
 //! their command line echoed, and a clean environment for nested cargo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
@@ -15,6 +15,24 @@ pub fn root() -> PathBuf {
 /// The cargo that runs us (`$CARGO`), else `cargo` from `PATH`.
 pub fn cargo() -> Command {
     Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// `cargo build <args> [--release]` in the workspace; returns the profile's
+/// output directory (`target/release` or `target/debug`).
+pub fn cargo_build(args: &[&str], release: bool, env: &[(&str, &Path)]) -> Result<PathBuf> {
+    let root = root();
+    let mut cmd = cargo();
+    cmd.current_dir(&root).arg("build").args(args);
+    for (key, value) in env {
+        cmd.env(key, value);
+    }
+    if release {
+        cmd.arg("--release");
+    }
+    exec(&mut cmd)?;
+    Ok(root
+        .join("target")
+        .join(if release { "release" } else { "debug" }))
 }
 
 /// Prints `$ <command line>` and runs it with inherited stdio; fails unless it

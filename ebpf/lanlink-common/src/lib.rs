@@ -41,9 +41,12 @@ pub mod map_names {
     pub const HOST_ROUTES: &str = "HOST_ROUTES";
     /// Conntrack-bypass flows: [`crate::FlowKey`] → [`crate::FlowValue`].
     pub const FLOWS: &str = "FLOWS";
-    /// Per-CPU counters indexed by [`crate::Verdict`] ([`crate::STATS_SLOTS`]
+    /// Per-CPU counters indexed by [`crate::StatSlot`] ([`crate::STATS_SLOTS`]
     /// slots): `u32` → [`crate::Counter`].
     pub const STATS: &str = "STATS";
+    /// Test-only, never pinned: per-CPU [`crate::RedirectLog`] at index 0,
+    /// written only when the `RECORD_REDIRECTS` global is non-zero.
+    pub const REDIRECT_LOG: &str = "REDIRECT_LOG";
 }
 
 /// Names of the read-only globals the agent sets at load time.
@@ -52,6 +55,12 @@ pub mod globals {
     pub const UPLINK_IFINDEX: &str = "UPLINK_IFINDEX";
     /// `u32`: bit set of [`crate::config`] flags.
     pub const CONFIG_FLAGS: &str = "CONFIG_FLAGS";
+    /// `u32`: non-zero makes the programs record every redirect and clone in
+    /// `REDIRECT_LOG`. Only the `BPF_PROG_TEST_RUN` harness sets it: a redirect
+    /// target is kept in per-CPU kernel state a test run cannot read. The
+    /// agent leaves it 0, and the verifier then removes the recording code
+    /// (the global is a frozen read-only constant).
+    pub const RECORD_REDIRECTS: &str = "RECORD_REDIRECTS";
 }
 
 /// Bits of the `CONFIG_FLAGS` global.
@@ -166,85 +175,232 @@ pub struct Counter {
 }
 const _: () = assert!(size_of::<Counter>() == 16);
 
-macro_rules! verdicts {
-    ($( $(#[$doc:meta])* $name:ident = $value:literal, $label:literal, $drop:literal; )*) => {
-        /// Every verdict and drop reason of the dataplane, the index into
-        /// `STATS`. One table: the eBPF programs count with it, the agent
-        /// decodes the counters with it.
+/// Kinds of [`RedirectRecord`].
+pub mod redirect_kind {
+    /// `bpf_redirect` (egress of `ifindex`).
+    pub const REDIRECT: u32 = 1;
+    /// `bpf_redirect_peer` (ingress of `ifindex`'s peer).
+    pub const REDIRECT_PEER: u32 = 2;
+    /// `bpf_clone_redirect` (a copy to `ifindex`; the frame goes on).
+    pub const CLONE: u32 = 3;
+}
+
+/// One redirect or clone a program asked for (test-only recording).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RedirectRecord {
+    /// A [`redirect_kind`] constant.
+    pub kind: u32,
+    /// Target ifindex (host byte order).
+    pub ifindex: u32,
+    /// The helper's `flags` argument (host byte order).
+    pub flags: u32,
+    /// The helper's return value, as `i32` (0 or `TC_ACT_REDIRECT` on success).
+    pub ret: i32,
+}
+const _: () = assert!(size_of::<RedirectRecord>() == 16);
+
+/// Records kept per run in [`RedirectLog`]; further ones are only counted.
+pub const REDIRECT_LOG_LEN: usize = 16;
+
+/// The value of `REDIRECT_LOG`: the redirects of the runs since the harness
+/// last cleared it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RedirectLog {
+    /// Redirects and clones asked for (may exceed [`REDIRECT_LOG_LEN`]).
+    pub len: u32,
+    /// Always zero.
+    pub _pad: u32,
+    /// The first [`REDIRECT_LOG_LEN`] of them.
+    pub records: [RedirectRecord; REDIRECT_LOG_LEN],
+}
+const _: () = assert!(size_of::<RedirectLog>() == 8 + 16 * REDIRECT_LOG_LEN);
+
+/// Generates the one table of `STATS` slots: [`Verdict`] (the frame goes
+/// on), [`DropReason`] (the frame is dropped) and [`StatSlot`] (either, as
+/// userspace decodes the counters). Each entry's number is its `STATS` index
+/// and its label is the metrics/CLI label; both are stable (pinned counters
+/// outlive an upgrade), so entries are only ever added, and a retired index is
+/// never reused.
+macro_rules! stat_slots {
+    (
+        verdicts {
+            $( $(#[$vdoc:meta])* $v:ident = $vi:literal, $vl:literal; )*
+        }
+        drops {
+            $( $(#[$ddoc:meta])* $d:ident => $ds:ident = $di:literal, $dl:literal; )*
+        }
+    ) => {
+        /// What happened to a frame that goes on (or an event counted besides
+        /// a frame's fate). The discriminant is the `STATS` index.
         #[repr(u32)]
-        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub enum Verdict {
-            $( $(#[$doc])* $name = $value, )*
+            $( $(#[$vdoc])* $v = $vi, )*
+        }
+
+        /// Why a frame was dropped (`TC_ACT_SHOT`). The discriminant is the
+        /// `STATS` index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum DropReason {
+            $( $(#[$ddoc])* $d = $di, )*
+        }
+
+        /// One slot of `STATS`: a [`Verdict`] or a [`DropReason`], as
+        /// userspace decodes the counters. The discriminant is the index.
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub enum StatSlot {
+            $( $(#[$vdoc])* $v = $vi, )*
+            $( $(#[$ddoc])* $ds = $di, )*
         }
 
         impl Verdict {
-            /// All verdicts, in index order.
-            pub const ALL: &'static [Verdict] = &[ $( Verdict::$name, )* ];
+            /// Every verdict, in declaration order.
+            pub const ALL: &'static [Verdict] = &[ $( Verdict::$v, )* ];
 
-            /// A stable snake_case label (metrics, CLI).
+            /// Its `STATS` slot.
+            pub const fn slot(self) -> StatSlot {
+                match self { $( Verdict::$v => StatSlot::$v, )* }
+            }
+        }
+
+        impl DropReason {
+            /// Every drop reason, in declaration order.
+            pub const ALL: &'static [DropReason] = &[ $( DropReason::$d, )* ];
+
+            /// Its `STATS` slot.
+            pub const fn slot(self) -> StatSlot {
+                match self { $( DropReason::$d => StatSlot::$ds, )* }
+            }
+        }
+
+        impl StatSlot {
+            /// Number of slots in use.
+            const COUNT: usize = [ $( $vi, )* $( $di, )* ].len();
+
+            /// A stable snake_case label (metrics, CLI); drop reasons start
+            /// with `drop_`.
             pub const fn label(self) -> &'static str {
-                match self { $( Verdict::$name => $label, )* }
+                match self {
+                    $( StatSlot::$v => $vl, )*
+                    $( StatSlot::$ds => $dl, )*
+                }
             }
 
-            /// Whether this verdict drops the frame.
+            /// Whether the slot counts dropped frames.
             pub const fn is_drop(self) -> bool {
-                match self { $( Verdict::$name => $drop, )* }
+                match self {
+                    $( StatSlot::$v => false, )*
+                    $( StatSlot::$ds => true, )*
+                }
             }
 
-            /// The verdict for a `STATS` index.
-            pub const fn from_index(index: u32) -> Option<Verdict> {
-                match index { $( $value => Some(Verdict::$name), )* _ => None }
+            /// The slot at `STATS` index `index`, `None` for an unused one.
+            // Two entries with one index would make an arm unreachable:
+            // refuse to compile instead.
+            #[deny(unreachable_patterns)]
+            pub const fn from_index(index: u32) -> Option<StatSlot> {
+                match index {
+                    $( $vi => Some(StatSlot::$v), )*
+                    $( $di => Some(StatSlot::$ds), )*
+                    _ => None,
+                }
             }
         }
     };
 }
 
-verdicts! {
-    /// Handed to the node's stack (`TC_ACT_OK`): gateway, node and service traffic.
-    PassToStack = 0, "pass_to_stack", false;
-    /// Unicast from a pod redirected to the uplink.
-    RedirectUplink = 1, "redirect_uplink", false;
-    /// Unicast delivered into a local pod with `bpf_redirect_peer`.
-    RedirectPeer = 2, "redirect_peer", false;
-    /// Broadcast or multicast fanned out (counted once per original frame).
-    Flood = 3, "flood", false;
-    /// ARP request answered in eBPF with the host veth's MAC.
-    ArpReply = 4, "arp_reply", false;
-    /// Reply of a flow that entered through the host stack, steered back to it (F6).
-    FlowToHost = 5, "flow_to_host", false;
-    /// A flow learnt on to-pod (frame routed to the pod by the node's stack).
-    FlowLearnt = 6, "flow_learnt", false;
-    /// Frame on an interface the dataplane does not know; passed to the stack.
-    UnknownIf = 7, "unknown_if", false;
-    /// Dropped: source MAC is not the endpoint's.
-    DropSpoofMac = 8, "drop_spoof_mac", true;
-    /// Dropped: source IPv4 is not the endpoint's.
-    DropSpoofIp = 9, "drop_spoof_ip", true;
-    /// Dropped: ARP with a sender address that is not the endpoint's.
-    DropSpoofArp = 10, "drop_spoof_arp", true;
-    /// Dropped: truncated or malformed header.
-    DropMalformed = 11, "drop_malformed", true;
-    /// Dropped: a redirect or clone helper failed.
-    DropRedirectFailed = 12, "drop_redirect_failed", true;
-    /// Dropped: the endpoint's lease expired and it sent something other than DHCP.
-    DropExpired = 13, "drop_expired", true;
-    /// A flow could not be recorded in the flow map; the frame was delivered.
-    FlowLearnFailed = 14, "flow_learn_failed", false;
-    /// A DHCPACK from the LAN taught the dataplane the address of a pod that
-    /// runs its own DHCP client (counted besides the frame's own verdict).
-    DhcpLearnt = 15, "dhcp_learnt", false;
-    /// Dropped: a pod sent a VLAN-tagged frame.
-    DropVlan = 16, "drop_vlan", true;
+stat_slots! {
+    verdicts {
+        /// Handed to the node's stack (`TC_ACT_OK`): gateway, node and service
+        /// traffic, LAN frames for no local pod, and to-pod frames.
+        PassToStack = 0, "pass_to_stack";
+        /// Unicast from a pod redirected to the uplink.
+        RedirectUplink = 1, "redirect_uplink";
+        /// Unicast delivered into a local pod with `bpf_redirect_peer`.
+        RedirectPeer = 2, "redirect_peer";
+        /// Broadcast or multicast fanned out (counted once per original frame).
+        Flood = 3, "flood";
+        /// ARP request answered in eBPF with the host veth's MAC.
+        ArpReply = 4, "arp_reply";
+        /// Reply of a flow that entered through the host stack, steered back to it (F6).
+        FlowToHost = 5, "flow_to_host";
+        /// A flow learnt on to-pod (frame routed to the pod by the node's stack).
+        FlowLearnt = 6, "flow_learnt";
+        // 7 was `unknown_if` (a frame from an unregistered veth, passed to the
+        // stack); such frames are now dropped as `drop_unknown_if` (17).
+        /// A flow could not be recorded in the flow map; the frame was delivered.
+        FlowLearnFailed = 14, "flow_learn_failed";
+        /// A DHCPACK from the LAN taught the dataplane the address of a pod that
+        /// runs its own DHCP client (counted besides the frame's own verdict).
+        DhcpLearnt = 15, "dhcp_learnt";
+    }
+    drops {
+        /// Dropped: source MAC is not the endpoint's.
+        SpoofMac => DropSpoofMac = 8, "drop_spoof_mac";
+        /// Dropped: source IPv4 is not the endpoint's.
+        SpoofIp => DropSpoofIp = 9, "drop_spoof_ip";
+        /// Dropped: ARP with a sender address that is not the endpoint's.
+        SpoofArp => DropSpoofArp = 10, "drop_spoof_arp";
+        /// Dropped: truncated or malformed header.
+        Malformed => DropMalformed = 11, "drop_malformed";
+        /// Dropped: a redirect or clone helper failed (a failed flood clone is
+        /// counted here besides the frame's own verdict).
+        RedirectFailed => DropRedirectFailed = 12, "drop_redirect_failed";
+        /// Dropped: the endpoint's lease expired and it sent something other than DHCP.
+        Expired => DropExpired = 13, "drop_expired";
+        /// Dropped: a pod sent a VLAN-tagged frame.
+        Vlan => DropVlan = 16, "drop_vlan";
+        /// Dropped: a frame from a host veth the agent has not registered
+        /// (not yet, or not any more): without an endpoint nothing can be
+        /// checked, so nothing may pass.
+        UnknownIf => DropUnknownIf = 17, "drop_unknown_if";
+    }
 }
 
-/// Number of verdicts (the `STATS` slots in use).
-pub const VERDICT_COUNT: u32 = Verdict::ALL.len() as u32;
+impl StatSlot {
+    /// Every slot in use, in index order (userspace decodes `STATS` with it).
+    pub const ALL: &'static [StatSlot] = &{
+        let mut all = [StatSlot::PassToStack; StatSlot::COUNT];
+        let mut n = 0;
+        let mut i = 0;
+        while i < STATS_SLOTS {
+            if let Some(slot) = StatSlot::from_index(i) {
+                all[n] = slot;
+                n += 1;
+            }
+            i += 1;
+        }
+        // Every entry has an index below STATS_SLOTS (and no two share one).
+        assert!(n == StatSlot::COUNT);
+        all
+    };
 
-/// Size of the `STATS` array. Larger than [`VERDICT_COUNT`] so that adding
-/// verdicts does not change the pinned map's definition: an upgraded agent
+    /// Its index in `STATS`.
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+}
+
+impl From<Verdict> for StatSlot {
+    fn from(v: Verdict) -> Self {
+        v.slot()
+    }
+}
+
+impl From<DropReason> for StatSlot {
+    fn from(d: DropReason) -> Self {
+        d.slot()
+    }
+}
+
+/// Size of the `STATS` array. Larger than the slots in use so that adding
+/// entries does not change the pinned map's definition: an upgraded agent
 /// re-adopts the old map instead of failing to load next to it.
 pub const STATS_SLOTS: u32 = 64;
-const _: () = assert!(VERDICT_COUNT <= STATS_SLOTS);
 
 #[cfg(feature = "user")]
 mod user {
@@ -258,6 +414,7 @@ mod user {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
+    unsafe impl aya::Pod for RedirectLog {}
 }
 
 #[cfg(test)]
@@ -265,39 +422,99 @@ mod tests {
     use super::*;
 
     #[test]
-    fn verdict_indices_are_dense_and_round_trip() {
-        for (i, v) in Verdict::ALL.iter().enumerate() {
-            assert_eq!(*v as u32, i as u32, "{v:?} is out of order");
-            assert_eq!(Verdict::from_index(i as u32), Some(*v));
+    fn slots_round_trip_in_index_order() {
+        let mut last = None;
+        for s in StatSlot::ALL {
+            assert_eq!(StatSlot::from_index(s.index()), Some(*s));
+            assert!(last < Some(s.index()), "{s:?} is out of order");
+            last = Some(s.index());
         }
-        assert_eq!(Verdict::from_index(VERDICT_COUNT), None);
+        for i in 0..STATS_SLOTS {
+            if let Some(s) = StatSlot::from_index(i) {
+                assert!(StatSlot::ALL.contains(&s));
+            }
+        }
+        assert_eq!(StatSlot::from_index(STATS_SLOTS), None);
+        assert_eq!(
+            StatSlot::ALL.len(),
+            Verdict::ALL.len() + DropReason::ALL.len()
+        );
+    }
+
+    #[test]
+    fn verdicts_and_drop_reasons_keep_their_slots() {
+        for v in Verdict::ALL {
+            assert_eq!(v.slot().index(), *v as u32);
+            assert!(!v.slot().is_drop(), "{v:?}");
+        }
+        for d in DropReason::ALL {
+            assert_eq!(d.slot().index(), *d as u32);
+            assert!(d.slot().is_drop(), "{d:?}");
+        }
+    }
+
+    #[test]
+    fn pinned_indices_and_labels_are_stable() {
+        // Pinned counters and dashboards outlive an upgrade: these never change.
+        let fixed = [
+            (0, "pass_to_stack"),
+            (1, "redirect_uplink"),
+            (2, "redirect_peer"),
+            (3, "flood"),
+            (4, "arp_reply"),
+            (5, "flow_to_host"),
+            (6, "flow_learnt"),
+            (8, "drop_spoof_mac"),
+            (9, "drop_spoof_ip"),
+            (10, "drop_spoof_arp"),
+            (11, "drop_malformed"),
+            (12, "drop_redirect_failed"),
+            (13, "drop_expired"),
+            (14, "flow_learn_failed"),
+            (15, "dhcp_learnt"),
+            (16, "drop_vlan"),
+            (17, "drop_unknown_if"),
+        ];
+        for (i, label) in fixed {
+            assert_eq!(StatSlot::from_index(i).map(StatSlot::label), Some(label));
+        }
+        // Retired: `unknown_if` (passed to the stack) became drop_unknown_if.
+        assert_eq!(StatSlot::from_index(7), None);
     }
 
     #[test]
     fn labels_are_unique_snake_case() {
-        for (i, a) in Verdict::ALL.iter().enumerate() {
+        for (i, a) in StatSlot::ALL.iter().enumerate() {
             assert!(
                 a.label()
                     .bytes()
                     .all(|b| b.is_ascii_lowercase() || b == b'_')
             );
-            for b in &Verdict::ALL[i + 1..] {
+            for b in &StatSlot::ALL[i + 1..] {
                 assert_ne!(a.label(), b.label());
             }
         }
     }
 
     #[test]
-    fn drop_verdicts_are_named_drop() {
-        for v in Verdict::ALL {
-            assert_eq!(v.is_drop(), v.label().starts_with("drop_"), "{v:?}");
+    fn drop_slots_are_named_drop() {
+        for s in StatSlot::ALL {
+            assert_eq!(s.is_drop(), s.label().starts_with("drop_"), "{s:?}");
         }
     }
 
     #[test]
     fn map_names_fit_the_kernel_limit() {
         use map_names::*;
-        for name in [EP_BY_MAC, EP_BY_IF, FLOOD, HOST_ROUTES, FLOWS, STATS] {
+        for name in [
+            EP_BY_MAC,
+            EP_BY_IF,
+            FLOOD,
+            HOST_ROUTES,
+            FLOWS,
+            STATS,
+            REDIRECT_LOG,
+        ] {
             assert!(name.len() < 16, "{name} is longer than 15 bytes");
         }
     }

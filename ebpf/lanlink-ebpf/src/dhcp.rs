@@ -11,9 +11,8 @@
 use aya_ebpf::programs::TcContext;
 use lanlink_common::{MacKey, Verdict, endpoint_flags};
 
-use crate::{eth::ETH_LEN, maps, stats::count};
+use crate::{eth::ETH_LEN, ipv4::IPPROTO_UDP, maps, stats::count};
 
-const IPPROTO_UDP: u8 = 17;
 const SERVER_PORT: u16 = 67;
 const CLIENT_PORT: u16 = 68;
 const BOOTREPLY: u8 = 2;
@@ -81,7 +80,7 @@ fn try_learn(ctx: &TcContext) -> Option<()> {
             (*by_if).ipv4 = yiaddr;
         }
     }
-    count(Verdict::DhcpLearnt, ctx.len());
+    count(Verdict::DhcpLearnt.slot(), ctx.len());
     Some(())
 }
 

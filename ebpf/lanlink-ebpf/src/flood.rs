@@ -1,14 +1,15 @@
 //! Broadcast and multicast fan-out to local pods.
 
-use lanlink_common::{FLOOD_EMPTY, MAX_ENDPOINTS, Verdict};
+use aya_ebpf::programs::TcContext;
+use lanlink_common::{DropReason, FLOOD_EMPTY, MAX_ENDPOINTS};
 
-use crate::{maps::FLOOD, stats::count};
+use crate::{maps::FLOOD, redirect, stats::count};
 
 /// Clones the frame to the egress of every registered host veth except
 /// `except` (the sender's; 0 for frames from the LAN). The egress of a host
 /// veth is the pod's ingress.
 #[inline(always)]
-pub(crate) fn to_pods(ctx: &aya_ebpf::programs::TcContext, except: u32) {
+pub(crate) fn to_pods(ctx: &TcContext, except: u32) {
     // Bounded loop (verifier, kernel >= 5.3); FLOOD is filled from slot 0,
     // with free slots (FLOOD_EMPTY) where members were removed.
     let mut i = 0;
@@ -20,8 +21,8 @@ pub(crate) fn to_pods(ctx: &aya_ebpf::programs::TcContext, except: u32) {
         if ifindex != except && ifindex != FLOOD_EMPTY {
             // A failed clone (e.g. a veth going away) must not stop the
             // others, but it is counted.
-            if ctx.clone_redirect(ifindex, 0).is_err() {
-                count(Verdict::DropRedirectFailed, ctx.len());
+            if redirect::clone_to(ctx, ifindex).is_err() {
+                count(DropReason::RedirectFailed.slot(), ctx.len());
             }
         }
         i += 1;

@@ -1,12 +1,15 @@
-//! lanlink's TC programs.
+//! lanlink's TC programs, one per packet path:
 //!
-//! - `from_pod`: TC ingress of every pod's host-side veth.
-//! - `from_lan`: TC ingress of the uplink.
-//! - `to_pod`: TC egress of every pod's host-side veth (sees what the node's
-//!   stack routes to a pod; the conntrack-bypass fix learns its flows there).
+//! - `from_pod`: TC ingress of every pod's host-side veth (what a pod sends).
+//! - `from_lan`: TC ingress of the uplink (what the LAN sends).
+//! - `to_pod`: TC egress of every pod's host-side veth (what the node's stack
+//!   routes to a pod; the conntrack-bypass fix learns its flows there).
 //!
-//! Entry points are thin: each calls a `try_*` function whose `Err` is a drop
-//! reason, counted and turned into `TC_ACT_SHOT` in one place.
+//! Each entry point only dispatches: `programs/<path>.rs` reads top to bottom
+//! as that path's decisions and returns the [`programs::Action`] to take or
+//! the `DropReason` to drop for; both are counted in `STATS` in one place.
+//! The protocol helpers (`eth`, `arp`, `ipv4`, `dhcp`, `flows`, `flood`,
+//! `redirect`) sit below the programs and know nothing of paths.
 #![no_std]
 #![no_main]
 
@@ -14,78 +17,42 @@ mod arp;
 mod dhcp;
 mod eth;
 mod flood;
+mod flows;
 mod ipv4;
 mod maps;
+mod programs;
+mod redirect;
 mod stats;
 
-/// `TC_ACT_REDIRECT` as the redirect helpers return it.
-pub(crate) const TC_ACT_REDIRECT_U32: u32 = TC_ACT_REDIRECT as u32;
+use aya_ebpf::{macros::classifier, programs::TcContext};
 
-use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT},
-    macros::classifier,
-    programs::TcContext,
-};
-use lanlink_common::Verdict;
-
-/// What a program decided: a TC return code and the verdict to count.
-pub(crate) struct Action {
-    pub(crate) code: i32,
-    pub(crate) verdict: Verdict,
-}
-
-impl Action {
-    pub(crate) const fn pass(verdict: Verdict) -> Self {
-        Self {
-            code: TC_ACT_OK as i32,
-            verdict,
-        }
-    }
-    pub(crate) const fn redirect(verdict: Verdict) -> Self {
-        Self {
-            code: TC_ACT_REDIRECT as i32,
-            verdict,
-        }
-    }
-}
-
-/// Counts the action (or the drop reason) and returns the TC code.
-#[inline(always)]
-fn finish(ctx: &TcContext, res: Result<Action, Verdict>) -> i32 {
-    match res {
-        Ok(a) => {
-            stats::count(a.verdict, ctx.len());
-            a.code
-        }
-        Err(reason) => {
-            stats::count(reason, ctx.len());
-            TC_ACT_SHOT as i32
-        }
-    }
-}
+use programs::{accept, drop};
 
 /// TC ingress of a pod's host-side veth: frames the pod sends.
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    eth::pull_headers(&ctx);
-    let res = eth::from_pod(&ctx);
-    finish(&ctx, res)
+    match programs::from_pod::try_from_pod(&ctx) {
+        Ok(action) => accept(&ctx, action),
+        Err(reason) => drop(&ctx, reason),
+    }
 }
 
 /// TC ingress of the uplink: frames from the LAN.
 #[classifier]
 pub fn from_lan(ctx: TcContext) -> i32 {
-    eth::pull_headers(&ctx);
-    let res = eth::from_lan(&ctx);
-    finish(&ctx, res)
+    match programs::from_lan::try_from_lan(&ctx) {
+        Ok(action) => accept(&ctx, action),
+        Err(reason) => drop(&ctx, reason),
+    }
 }
 
 /// TC egress of a pod's host-side veth: frames the node's stack sends to a pod.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    eth::pull_headers(&ctx);
-    let res = ipv4::to_pod(&ctx);
-    finish(&ctx, res)
+    match programs::to_pod::try_to_pod(&ctx) {
+        Ok(action) => accept(&ctx, action),
+        Err(reason) => drop(&ctx, reason),
+    }
 }
 
 #[cfg(not(test))]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lanlink_common::{
     Counter, EndpointByIf, EndpointByMac, FlowKey, FlowValue, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_HOST_ROUTES, MacKey, STATS_SLOTS,
+    MAX_HOST_ROUTES, MacKey, RedirectLog, STATS_SLOTS,
 };
 
 const EPS: usize = MAX_ENDPOINTS as usize;
@@ -21,7 +21,9 @@ pub(crate) static EP_BY_MAC: HashMap<MacKey, EndpointByMac, EPS> = HashMap::new(
 #[btf_map]
 pub(crate) static EP_BY_IF: HashMap<u32, EndpointByIf, EPS> = HashMap::new();
 
-/// Broadcast fan-out: host-veth ifindexes packed from slot 0; 0 ends the list.
+/// Broadcast fan-out: host-veth ifindexes from slot 0; 0 ends the list and
+/// `FLOOD_EMPTY` (`0xffffffff`) is a free slot inside it. Members never move,
+/// so a walk racing the agent's writes never misses one that stays.
 #[btf_map]
 pub(crate) static FLOOD: Array<u32, EPS> = Array::new();
 
@@ -33,7 +35,7 @@ pub(crate) static HOST_ROUTES: LpmTrie<[u8; 4], u32, { MAX_HOST_ROUTES as usize 
 #[btf_map]
 pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> = LruHashMap::new();
 
-/// Packets and bytes per verdict, per CPU.
+/// Packets and bytes per `StatSlot` (verdict or drop reason), per CPU.
 #[btf_map]
 pub(crate) static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::new();
 
@@ -44,3 +46,13 @@ pub(crate) static UPLINK_IFINDEX: Global<u32> = Global::new(0);
 /// `lanlink_common::config` bits, set by the agent at load time.
 #[unsafe(no_mangle)]
 pub(crate) static CONFIG_FLAGS: Global<u32> = Global::new(0);
+
+/// Non-zero only under the `BPF_PROG_TEST_RUN` harness: record redirects in
+/// `REDIRECT_LOG` (see `crate::redirect`).
+#[unsafe(no_mangle)]
+pub(crate) static RECORD_REDIRECTS: Global<u32> = Global::new(0);
+
+/// Test-only: the redirects asked for since the harness cleared it. Never
+/// written in production (`RECORD_REDIRECTS` is 0 there).
+#[btf_map]
+pub(crate) static REDIRECT_LOG: PerCpuArray<RedirectLog, 1> = PerCpuArray::new();

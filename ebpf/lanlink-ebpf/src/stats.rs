@@ -1,13 +1,13 @@
-//! Per-CPU verdict counters.
+//! Per-CPU counters, one `STATS` slot per verdict and drop reason.
 
-use lanlink_common::Verdict;
+use lanlink_common::StatSlot;
 
 use crate::maps::STATS;
 
-/// Adds one packet of `len` bytes to `verdict`'s counter.
+/// Adds one packet of `len` bytes to `slot`'s counter.
 #[inline(always)]
-pub(crate) fn count(verdict: Verdict, len: u32) {
-    if let Some(c) = STATS.get_ptr_mut(verdict as u32) {
+pub(crate) fn count(slot: StatSlot, len: u32) {
+    if let Some(c) = STATS.get_ptr_mut(slot.index()) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe {
             (*c).packets += 1;

@@ -4,15 +4,13 @@
 
 #![allow(dead_code, reason = "each test file uses a different subset")]
 
-use std::io::{Read as _, Write as _};
 use std::net::Ipv4Addr;
-use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context as _, Result, bail, ensure};
-use lanlink_lab::{Agent, NetNs, Node, lab_netconf, pods};
-use serde_json::{Value, json};
+use anyhow::{Context as _, Result, bail};
+use lanlink_lab::{Agent, NetNs, Node, PodNet, pods};
+use serde_json::Value;
 
 /// `endpoint_flags::EXPIRED` of `lanlink-common`.
 pub const FLAG_EXPIRED: u64 = 1 << 3;
@@ -29,9 +27,7 @@ pub struct Pod {
 
 /// The lab netconf with `ipam.timeoutMs`.
 pub fn netconf(agent: &Agent, timeout_ms: u64) -> Value {
-    let mut n = lab_netconf(agent);
-    n["ipam"] = json!({"type": "lanlink-dhcp", "timeoutMs": timeout_ms});
-    n
+    PodNet::primary().dhcp_timeout_ms(timeout_ms).netconf(agent)
 }
 
 /// ADD that must succeed, in `ns`.
@@ -61,25 +57,8 @@ pub fn del(node: &Node, agent: &Agent, pod: &Pod) -> Result<()> {
 
 /// `GET <path>` on the agent's socket (as `curl --unix-socket` would), JSON body.
 pub fn api_get(agent: &Agent, path: &str) -> Result<Value> {
-    let mut s = UnixStream::connect(agent.socket()).context("connect to the agent's socket")?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: lanlink\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).context("read the answer")?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").context("no HTTP header end")?;
-    ensure!(head.starts_with("HTTP/1.1 200"), "GET {path}: {head}");
-    ensure!(
-        !head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked"),
-        "chunked answer to GET {path}"
-    );
-    serde_json::from_str(body).with_context(|| format!("GET {path}: body {body:?}"))
+    let body = agent.http_get(path)?;
+    serde_json::from_str(&body).with_context(|| format!("GET {path}: body {body:?}"))
 }
 
 /// The lease of `container_id` as `GET /v1/leases` shows it.
@@ -107,7 +86,7 @@ pub fn num(v: &Value, field: &str) -> u64 {
 /// The `flags` of the pinned `EP_BY_IF` entry for `ifindex` (bpftool).
 pub fn endpoint_flags(pin_dir: &Path, ifindex: u64) -> Result<u64> {
     let v = pods::map_dump(pin_dir, "EP_BY_IF")?;
-    for e in v.as_array().context("bpftool output is not an array")? {
+    for e in &v {
         // With BTF the entry is readable as is (or under "formatted").
         let e = if e["formatted"].is_object() {
             &e["formatted"]
@@ -120,7 +99,7 @@ pub fn endpoint_flags(pin_dir: &Path, ifindex: u64) -> Result<u64> {
                 .with_context(|| format!("no flags in {e}"));
         }
     }
-    bail!("no EP_BY_IF entry for ifindex {ifindex} in {v}")
+    bail!("no EP_BY_IF entry for ifindex {ifindex} in {v:?}")
 }
 
 /// The host veth ifindex of `container_id` (`GET /v1/endpoints`).
@@ -132,23 +111,6 @@ pub fn host_ifindex(agent: &Agent, container_id: &str) -> Result<u64> {
         .find(|e| e["containerId"] == container_id)
         .and_then(|e| e["hostIfindex"].as_u64())
         .with_context(|| format!("no endpoint {container_id} in {all}"))
-}
-
-/// Polls `f` every 50 ms until it yields a value or `timeout` passes.
-pub fn wait_for<T>(
-    timeout: Duration,
-    mut f: impl FnMut() -> Result<Option<T>>,
-) -> Result<Option<T>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f()? {
-            return Ok(Some(v));
-        }
-        if Instant::now() >= deadline {
-            return Ok(None);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Now, in (fractional) unix seconds.

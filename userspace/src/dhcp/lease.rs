@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// A lease granted by the LAN's DHCP server for one pod interface. Persisted
-/// by the agent (JSON), so field names are a stable format.
+/// A lease granted by the LAN's DHCP server for one pod interface. The
+/// state file keeps it in its own versioned form ([`crate::state::v1::Lease`]).
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct Lease {
     /// The pod MAC the lease is bound to (chaddr).

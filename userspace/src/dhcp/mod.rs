@@ -10,7 +10,7 @@
 //! - [`Lease`], [`LeaseMachine`]: what a pod holds and when to renew it.
 //! - [`stable_identity`], [`random_identity`], [`sanitize_hostname`]: who
 //!   the client says the pod is.
-//! - [`persist`]: crash-safe files for leases across agent restarts.
+//! - [`persist`]: crash-safe JSON files (the `dhcp_probe` example's leases).
 //! - [`ArpProbe`]: the conflict check of every acquired address (DECLINE).
 
 mod arp;

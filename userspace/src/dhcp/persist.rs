@@ -3,7 +3,8 @@
 //! [`save_atomic`] writes a temporary file next to the target, fsyncs it,
 //! renames it over the target and fsyncs the directory, so after a crash or
 //! power loss the target holds either the old or the new content, never a
-//! mix. These functions block: call them from `spawn_blocking` in async code.
+//! mix ([`replace_file`], which the agent's state writer uses too). These
+//! functions block: call them from `spawn_blocking` in async code.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -22,42 +23,63 @@ pub const TEMP_MARKER: &str = ".tmp-";
 
 /// Atomically replaces `path` with `value` as pretty JSON (mode 0600).
 pub fn save_atomic<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<(), DhcpError> {
-    let json = serde_json::to_vec_pretty(value).map_err(|source| DhcpError::PersistFormat {
+    let mut json = serde_json::to_vec_pretty(value).map_err(|source| DhcpError::PersistFormat {
         op: "encoding",
         path: path.to_owned(),
         source,
     })?;
+    json.push(b'\n');
+    let mut open = OpenOptions::new();
+    open.write(true).create_new(true).mode(0o600);
+    replace_file(path, &temp_path(path), &json, &open).map_err(|e| DhcpError::PersistIo {
+        op: e.op,
+        path: e.path,
+        source: e.source,
+    })
+}
+
+/// The step of [`replace_file`] that failed.
+#[derive(Debug)]
+pub(crate) struct IoStep {
+    /// `"creating"`, `"writing"`, `"syncing"`, `"renaming into"` or
+    /// `"syncing directory"`.
+    pub op: &'static str,
+    /// The file or directory it was done on.
+    pub path: PathBuf,
+    /// The OS error.
+    pub source: std::io::Error,
+}
+
+/// Replaces `path` with `bytes` so that after a crash or power loss it holds
+/// either the old or the new content: writes `tmp` (a file in the same
+/// directory, opened with `open`), fsyncs it, renames it over `path` and
+/// fsyncs the directory. Removes `tmp` when a step fails.
+pub(crate) fn replace_file(
+    path: &Path,
+    tmp: &Path,
+    bytes: &[u8],
+    open: &OpenOptions,
+) -> Result<(), IoStep> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    let tmp = temp_path(path);
     let io = |op: &'static str, p: &Path| {
-        let p = p.to_owned();
-        move |source| DhcpError::PersistIo {
-            op,
-            path: p,
-            source,
-        }
+        let path = p.to_owned();
+        move |source| IoStep { op, path, source }
     };
     let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("creating", &tmp))?;
-        f.write_all(&json).map_err(io("writing", &tmp))?;
-        f.write_all(b"\n").map_err(io("writing", &tmp))?;
-        f.sync_all().map_err(io("syncing", &tmp))?;
-        fs::rename(&tmp, path).map_err(io("renaming into", path))?;
+        let mut f = open.open(tmp).map_err(io("creating", tmp))?;
+        f.write_all(bytes).map_err(io("writing", tmp))?;
+        f.sync_all().map_err(io("syncing", tmp))?;
+        fs::rename(tmp, path).map_err(io("renaming into", path))?;
         // The rename is only durable once the directory entry is.
         File::open(dir)
             .and_then(|d| d.sync_all())
             .map_err(io("syncing directory", dir))
     })();
     if result.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = fs::remove_file(tmp);
     }
     result
 }

@@ -1,0 +1,425 @@
+//! A client of the agent's HTTP/JSON API over its Unix socket (routes in
+//! [`crate::routes`]), used by the CNI plugin, the agent's CLI and tests.
+//! Behind the `client` feature.
+//!
+//! The methods block: each call builds a current-thread tokio runtime, opens
+//! one HTTP/1.1 connection (hyper), sends one request and closes. Called from
+//! inside a tokio runtime (the agent's CLI), the request runs on a helper
+//! thread instead, so blocking never panics; async code can also await the
+//! `*_async` methods directly.
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper::header::{ACCEPT, CONTENT_TYPE, HOST};
+/// The HTTP method and status in [`ClientError`], re-exported so callers
+/// need no `hyper` dependency to match on them.
+pub use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+use crate::routes;
+use crate::types::{
+    ApiError, AttachmentRequest, AttachmentResult, DhcpStats, EndpointInfo, FlowRow, GcRequest,
+    GcResponse, LeaseInfo, StatsRow, StatusResponse,
+};
+
+/// How much of an undecodable error body is kept for the message.
+const MAX_BODY_IN_ERROR: usize = 512;
+
+/// Why a request to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing answers on the socket (missing, refused, no permission).
+    #[error("agent not reachable at {}: {source}", .path.display())]
+    Unreachable {
+        /// The socket.
+        path: PathBuf,
+        /// Why `connect` failed.
+        #[source]
+        source: io::Error,
+    },
+    /// The agent did not answer within the deadline.
+    #[error("agent at {} did not answer {method} {route} within {}s", .path.display(), .after.as_secs_f32())]
+    Timeout {
+        /// The socket.
+        path: PathBuf,
+        /// The request method.
+        method: Method,
+        /// The request path.
+        route: String,
+        /// The deadline.
+        after: Duration,
+    },
+    /// The HTTP exchange broke (the agent closed the connection, bad framing).
+    #[error("HTTP exchange with the agent at {} failed: {source}", .path.display())]
+    Http {
+        /// The socket.
+        path: PathBuf,
+        /// hyper's error.
+        #[source]
+        source: hyper::Error,
+    },
+    /// The agent answered an error ([`ApiError`] body).
+    #[error("{}", .error.msg)]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The body, with the CNI code to report.
+        error: ApiError,
+    },
+    /// The agent answered an error without an [`ApiError`] body (wrong route,
+    /// an agent of another version).
+    #[error("agent answered {method} {route} with {status}: {body}")]
+    Status {
+        /// The request method.
+        method: Method,
+        /// The request path.
+        route: String,
+        /// HTTP status.
+        status: StatusCode,
+        /// The start of the body.
+        body: String,
+    },
+    /// A 2xx answer whose body is not the expected JSON.
+    #[error("agent's answer to {method} {route} does not decode: {source}")]
+    Decode {
+        /// The request method.
+        method: Method,
+        /// The request path.
+        route: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A 2xx answer that is not UTF-8 text (`/metrics`).
+    #[error("agent's answer to GET {route} is not UTF-8")]
+    NotText {
+        /// The request path.
+        route: String,
+    },
+    /// The request body could not be encoded.
+    #[error("cannot encode the request for {route}: {source}")]
+    Encode {
+        /// The request path.
+        route: String,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The route is not a valid request target.
+    #[error("cannot build a request for {route:?}: {source}")]
+    BadRoute {
+        /// The request path.
+        route: String,
+        /// The HTTP error.
+        #[source]
+        source: hyper::http::Error,
+    },
+    /// The tokio runtime (or its helper thread) could not be set up.
+    #[error("cannot start the client runtime: {source}")]
+    Runtime {
+        /// The OS error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl ClientError {
+    /// Whether the agent could not be talked to at all (down, restarting,
+    /// hung), as opposed to answering an error.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ClientError::Unreachable { .. }
+                | ClientError::Timeout { .. }
+                | ClientError::Http { .. }
+        )
+    }
+}
+
+/// A client of one agent socket. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    socket_path: PathBuf,
+    timeout: Duration,
+}
+
+impl AgentClient {
+    /// Deadline of every request but ADD.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+    /// Added to the DHCP timeout for ADD: veth, routes and maps take time too.
+    pub const ADD_MARGIN: Duration = Duration::from_secs(10);
+
+    /// A client of the agent listening on `socket_path`.
+    pub fn new(socket_path: impl Into<PathBuf>) -> Self {
+        AgentClient {
+            socket_path: socket_path.into(),
+            timeout: Self::DEFAULT_TIMEOUT,
+        }
+    }
+
+    /// The same client with another deadline for requests.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The agent's socket.
+    pub fn socket_path(&self) -> &Path {
+        &self.socket_path
+    }
+
+    /// The deadline for requests.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// `POST /v1/cni/add`. The deadline is the DHCP timeout plus
+    /// [`Self::ADD_MARGIN`], and at least the client's own.
+    pub fn add(&self, req: &AttachmentRequest) -> Result<AttachmentResult, ClientError> {
+        let dhcp = req
+            .config
+            .dhcp
+            .as_ref()
+            .map_or(Duration::ZERO, |d| Duration::from_millis(d.timeout_ms));
+        let client = self
+            .clone()
+            .with_timeout(self.timeout.max(dhcp + Self::ADD_MARGIN));
+        client.post_json(routes::CNI_ADD, req)
+    }
+
+    /// `POST /v1/cni/del`. The agent answers success for an attachment it
+    /// does not know (DEL is idempotent), so every error is a real one.
+    pub fn del(&self, req: &AttachmentRequest) -> Result<(), ClientError> {
+        self.post_json::<_, serde::de::IgnoredAny>(routes::CNI_DEL, req)
+            .map(|_| ())
+    }
+
+    /// `POST /v1/cni/check`. An attachment the agent does not know is a
+    /// [`ClientError::Api`] with [`codes::CHECK_FAILED`](crate::codes::CHECK_FAILED).
+    pub fn check(&self, req: &AttachmentRequest) -> Result<AttachmentResult, ClientError> {
+        self.post_json(routes::CNI_CHECK, req)
+    }
+
+    /// `POST /v1/cni/gc`.
+    pub fn gc(&self, req: &GcRequest) -> Result<GcResponse, ClientError> {
+        self.post_json(routes::CNI_GC, req)
+    }
+
+    /// `GET /v1/status`.
+    pub fn status(&self) -> Result<StatusResponse, ClientError> {
+        self.get_json(routes::STATUS)
+    }
+
+    /// `GET /v1/endpoints`.
+    pub fn endpoints(&self) -> Result<Vec<EndpointInfo>, ClientError> {
+        self.get_json(routes::ENDPOINTS)
+    }
+
+    /// `GET /v1/leases`.
+    pub fn leases(&self) -> Result<Vec<LeaseInfo>, ClientError> {
+        self.get_json(routes::LEASES)
+    }
+
+    /// `GET /v1/stats`.
+    pub fn stats(&self) -> Result<Vec<StatsRow>, ClientError> {
+        self.get_json(routes::STATS)
+    }
+
+    /// `GET /v1/flows`.
+    pub fn flows(&self) -> Result<Vec<FlowRow>, ClientError> {
+        self.get_json(routes::FLOWS)
+    }
+
+    /// `GET /v1/dhcp`.
+    pub fn dhcp(&self) -> Result<DhcpStats, ClientError> {
+        self.get_json(routes::DHCP)
+    }
+
+    /// `GET /metrics`: Prometheus text.
+    pub fn metrics(&self) -> Result<String, ClientError> {
+        self.get_text(routes::METRICS)
+    }
+
+    /// `GET route`, decoding a JSON answer.
+    pub fn get_json<T: DeserializeOwned + Send>(&self, route: &str) -> Result<T, ClientError> {
+        self.block_on(self.get_json_async(route))
+    }
+
+    /// `POST route` with a JSON body, decoding a JSON answer (an empty body
+    /// decodes as `null`).
+    pub fn post_json<B: Serialize + Sync, T: DeserializeOwned + Send>(
+        &self,
+        route: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        self.block_on(self.post_json_async(route, body))
+    }
+
+    /// `GET route`, returning the answer as text.
+    pub fn get_text(&self, route: &str) -> Result<String, ClientError> {
+        self.block_on(self.get_text_async(route))
+    }
+
+    /// Async [`Self::get_json`].
+    pub async fn get_json_async<T: DeserializeOwned>(&self, route: &str) -> Result<T, ClientError> {
+        let body = self.request(Method::GET, route, None).await?;
+        decode(Method::GET, route, &body)
+    }
+
+    /// Async [`Self::post_json`].
+    pub async fn post_json_async<B: Serialize, T: DeserializeOwned>(
+        &self,
+        route: &str,
+        body: &B,
+    ) -> Result<T, ClientError> {
+        let json = serde_json::to_vec(body).map_err(|source| ClientError::Encode {
+            route: route.to_owned(),
+            source,
+        })?;
+        let answer = self.request(Method::POST, route, Some(json)).await?;
+        decode(Method::POST, route, &answer)
+    }
+
+    /// Async [`Self::get_text`].
+    pub async fn get_text_async(&self, route: &str) -> Result<String, ClientError> {
+        let body = self.request(Method::GET, route, None).await?;
+        String::from_utf8(body.to_vec()).map_err(|_| ClientError::NotText {
+            route: route.to_owned(),
+        })
+    }
+
+    /// One request with the deadline; the 2xx body, or the error.
+    async fn request(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let exchange = self.exchange(method.clone(), route, body);
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ClientError::Timeout {
+                path: self.socket_path.clone(),
+                method,
+                route: route.to_owned(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let http_error = |source| ClientError::Http {
+            path: self.socket_path.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket_path)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                path: self.socket_path.clone(),
+                source,
+            })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(http_error)?;
+        // The connection future drives the socket; its errors also surface
+        // through `send_request`, so its own result can be dropped.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(route)
+            .header(HOST, "localhost")
+            .header(ACCEPT, "application/json, text/plain");
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .map_err(|source| ClientError::BadRoute {
+                route: route.to_owned(),
+                source,
+            })?;
+        let response = sender.send_request(request).await.map_err(http_error)?;
+        let status = response.status();
+        let answer = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(http_error)?
+            .to_bytes();
+        driver.abort();
+
+        if status.is_success() {
+            return Ok(answer);
+        }
+        match serde_json::from_slice::<ApiError>(&answer) {
+            Ok(error) => Err(ClientError::Api { status, error }),
+            Err(_) => Err(ClientError::Status {
+                method,
+                route: route.to_owned(),
+                status,
+                body: String::from_utf8_lossy(&answer[..answer.len().min(MAX_BODY_IN_ERROR)])
+                    .into_owned(),
+            }),
+        }
+    }
+
+    /// Runs `future` to completion on a fresh current-thread runtime; on a
+    /// helper thread when the caller is itself inside a tokio runtime (where
+    /// `block_on` would panic).
+    fn block_on<T: Send>(
+        &self,
+        future: impl Future<Output = Result<T, ClientError>> + Send,
+    ) -> Result<T, ClientError> {
+        let run = move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_io()
+                .enable_time()
+                .build()
+                .map_err(|source| ClientError::Runtime { source })?
+                .block_on(future)
+        };
+        if tokio::runtime::Handle::try_current().is_err() {
+            return run();
+        }
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("lanlink-client".into())
+                .spawn_scoped(scope, run)
+                .map_err(|source| ClientError::Runtime { source })?
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        })
+    }
+}
+
+fn decode<T: DeserializeOwned>(method: Method, route: &str, body: &[u8]) -> Result<T, ClientError> {
+    let body: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"null"
+    } else {
+        body
+    };
+    serde_json::from_slice(body).map_err(|source| ClientError::Decode {
+        method,
+        route: route.to_owned(),
+        source,
+    })
+}

@@ -1,0 +1,111 @@
+//! `from_pod`: what a pod sends, at the TC ingress of its host-side veth.
+//!
+//! In order: the endpoint must be registered; its source MAC is checked and
+//! VLAN tags are refused; ARP and IPv4 senders are checked against the
+//! endpoint, and the host-bound cases (the ARP responder, replies of flows
+//! that came through the node's stack) are answered before any forwarding
+//! decision; then broadcast is flooded, frames for the host veth go to the
+//! stack, frames for a local pod go straight into it, and the rest leaves
+//! through the uplink.
+
+use aya_ebpf::programs::TcContext;
+use lanlink_common::{DropReason, EndpointByIf, MacKey, Verdict, endpoint_flags};
+
+use crate::{
+    arp,
+    eth::{self, ETH_P_ARP, ETH_P_IP, PACKET_HOST},
+    flood, flows, ipv4, maps,
+    programs::Action,
+    redirect,
+};
+
+/// Decides the fate of a frame a pod sent.
+#[inline(always)]
+pub(crate) fn try_from_pod(ctx: &TcContext) -> Result<Action, DropReason> {
+    eth::pull_headers(ctx);
+    let ifindex = eth::skb_ifindex(ctx);
+    // SAFETY: hash values are only read; the agent replaces whole entries.
+    let Some(ep) = (unsafe { maps::EP_BY_IF.get(ifindex) }) else {
+        // A veth the agent has not registered (not yet, or not any more):
+        // with no endpoint there is nothing to check the frame against, so
+        // it must not reach the stack or the LAN (fail closed).
+        return Err(DropReason::UnknownIf);
+    };
+    let ep: EndpointByIf = *ep;
+
+    let eth = eth::read_header(ctx)?;
+    if eth.src != ep.mac {
+        return Err(DropReason::SpoofMac);
+    }
+    // A pod is an untagged access port: a VLAN tag would carry its frames
+    // onto another VLAN past every check below.
+    if eth::is_vlan_tagged(ctx, eth.proto) {
+        return Err(DropReason::Vlan);
+    }
+
+    // ARP and DHCP are matched before anything else looks at addresses.
+    match eth.proto {
+        ETH_P_ARP => {
+            let arp = arp::read(ctx)?;
+            arp::check_sender(&arp, &ep)?;
+            if arp::is_for_host(&arp) {
+                return answer_arp(ctx, &arp, &ep, ifindex);
+            }
+        }
+        ETH_P_IP => {
+            let ip = ipv4::read(ctx)?;
+            if !ipv4::is_dhcp_from_client(&ip, &ep) {
+                ipv4::check_source(&ip, &ep)?;
+                if flows::enabled() && flows::is_reply_of_learnt(&ip) {
+                    return steer_reply_to_stack(ctx, &ep);
+                }
+            }
+        }
+        _ => {
+            if ep.flags & endpoint_flags::EXPIRED != 0 {
+                return Err(DropReason::Expired);
+            }
+        }
+    }
+
+    if eth::is_group(&eth.dst) {
+        flood::to_pods(ctx, ifindex);
+        return redirect::to_uplink(Verdict::Flood);
+    }
+    if eth.dst == ep.host_mac {
+        // Gateway 169.254.1.1, node IPs, service CIDRs: the node's stack.
+        return Ok(Action::pass(Verdict::PassToStack));
+    }
+    // SAFETY: read-only use of the value.
+    if let Some(peer) = unsafe { maps::EP_BY_MAC.get(MacKey::new(eth.dst)) } {
+        return redirect::to_pod(ctx, peer.ifindex);
+    }
+    redirect::to_uplink(Verdict::RedirectUplink)
+}
+
+/// Answers an ARP request for the gateway or a host-routed address with the
+/// host veth's MAC: the reply goes back out of the host veth `ifindex`
+/// (its egress is the pod's ingress).
+#[inline(always)]
+fn answer_arp(
+    ctx: &TcContext,
+    arp: &arp::Arp,
+    ep: &EndpointByIf,
+    ifindex: u32,
+) -> Result<Action, DropReason> {
+    arp::turn_into_reply(ctx, arp, ep)?;
+    redirect::to_egress(ifindex, Verdict::ArpReply)
+}
+
+/// Sends the reply of a flow that entered the pod through the node's stack
+/// back up that stack (F6), addressed to the host veth.
+#[inline(always)]
+fn steer_reply_to_stack(ctx: &TcContext, ep: &EndpointByIf) -> Result<Action, DropReason> {
+    eth::set_dst(ctx, ep.host_mac)?;
+    // The stack classified the frame by its old destination (another host's
+    // MAC: PACKET_OTHERHOST) before TC ran, and ip_rcv drops those.
+    if ctx.change_type(PACKET_HOST).is_err() {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(Action::pass(Verdict::FlowToHost))
+}

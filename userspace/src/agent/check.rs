@@ -1,0 +1,96 @@
+//! CNI CHECK: the attachment still looks as the agent made it — veth, map
+//! entries, programs, and the pod's MAC, address and routes.
+
+use std::{path::Path, sync::Arc};
+
+use lanlink_api::{AttachmentRequest, AttachmentResult};
+use lanlink_common::endpoint_flags;
+
+use super::{Agent, AgentError, Kernel, Links as _, Maps as _, pod_routes, result_for};
+use crate::{dataplane::Hook, netlink::fmt_mac, state};
+
+impl<K: Kernel> Agent<K> {
+    /// CNI CHECK, under the attachment's lock like ADD and DEL: it must not
+    /// look at an attachment halfway through being made or removed.
+    pub async fn check(
+        self: &Arc<Self>,
+        req: AttachmentRequest,
+    ) -> Result<AttachmentResult, AgentError> {
+        let key = state::key(&req.container_id, &req.ifname);
+        let _guard = self.lock_key(&key).await;
+        let ep = self
+            .state()
+            .endpoints
+            .get(&key)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(key.clone()))?;
+        let fail = |what: String| Err(AgentError::CheckFailed(format!("{key}: {what}")));
+        let Some(host) = self.links.find_link(&ep.host_veth).await? else {
+            return fail(format!("host veth {} is gone", ep.host_veth));
+        };
+        if host.index != ep.host_ifindex {
+            return fail(format!(
+                "host veth {} has index {}, expected {}",
+                ep.host_veth, host.index, ep.host_ifindex
+            ));
+        }
+        let mut entry = self.endpoint_entry(&ep);
+        let current = self.maps.endpoint(host.index);
+        // A pod with its own DHCP client: the dataplane learns its address
+        // from the server's ACK, the agent does not know it.
+        if let Some(c) = current
+            && entry.flags & endpoint_flags::OWN_DHCP != 0
+        {
+            entry.ipv4 = c.ipv4;
+        }
+        if current != Some(entry) {
+            return fail("endpoint map entry differs".into());
+        }
+        if self.maps.endpoint_by_mac(ep.mac).map(|e| e.ifindex) != Some(host.index) {
+            return fail("MAC map entry differs".into());
+        }
+        for hook in [Hook::FromPod, Hook::ToPod] {
+            if !self.maps.is_attached(&ep.host_veth, hook) {
+                return fail(format!("{hook:?} is not attached to {}", ep.host_veth));
+            }
+        }
+        let pod = self
+            .links
+            .read_pod(Path::new(&ep.netns), &ep.ifname)
+            .await?;
+        if pod.mac != Some(ep.mac) {
+            return fail(format!(
+                "{} has MAC {:?}, expected {}",
+                ep.ifname,
+                pod.mac.map(|m| fmt_mac(&m)),
+                fmt_mac(&ep.mac)
+            ));
+        }
+        let mut routes = Vec::new();
+        if let Some(l) = &ep.lease {
+            if ep.expired {
+                return fail(format!("the lease for {} expired", l.address));
+            }
+            if !pod.addresses.contains(&(l.address, l.prefix_len)) {
+                return fail(format!(
+                    "{} lacks {}/{}",
+                    ep.ifname, l.address, l.prefix_len
+                ));
+            }
+            routes = pod_routes(&ep.config, l);
+            for r in &routes {
+                if !pod
+                    .routes
+                    .iter()
+                    .any(|p| p.dst == r.dst && p.prefix == r.prefix && p.gw == r.gw)
+                {
+                    return fail(format!(
+                        "route {}/{} via {:?} is missing",
+                        r.dst, r.prefix, r.gw
+                    ));
+                }
+            }
+        }
+        Ok(result_for(&ep, &routes))
+    }
+}

@@ -1,0 +1,394 @@
+//! Unit tests of the agent over fakes ([`super::fakes`]): undo, idempotency,
+//! lock ordering, ownership of the pod identity, readiness, host routes.
+
+use std::{net::Ipv4Addr, sync::Arc, time::Duration};
+
+use lanlink_api::codes;
+use lanlink_common::EndpointByIf;
+use rtnetlink::packet_route::{
+    RouteNetlinkMessage,
+    address::{AddressAttribute, AddressMessage},
+};
+
+use super::{
+    fakes::{TestAgent, UPLINK_ADDR, request},
+    host_veth_name,
+};
+use crate::dhcp;
+
+/// The stable MAC of pod `default/<pod>` on `eth0`.
+fn stable_mac(pod: &str) -> [u8; 6] {
+    dhcp::stable_identity("default", pod, "eth0").0
+}
+
+const SHORT: Duration = Duration::from_millis(100);
+
+#[tokio::test]
+async fn add_then_del_leaves_nothing() {
+    let t = TestAgent::start().await;
+    let res = t.agent.add(request("c1", "p")).await.unwrap();
+    assert_eq!(res.ips.len(), 1);
+    {
+        let w = t.world();
+        assert_eq!(w.links.len(), 1);
+        assert_eq!(w.ep_by_mac.len(), 1);
+        assert!(w.uc_filter.contains(&stable_mac("p")));
+        assert_eq!(w.leases.len(), 1);
+        assert_eq!(w.flood.len(), 1);
+    }
+    t.agent.check(request("c1", "p")).await.unwrap();
+    t.agent.del(request("c1", "p")).await.unwrap();
+    t.world().assert_empty();
+    assert!(t.agent.endpoints().is_empty());
+}
+
+/// Every step of ADD that can fail, in the order ADD takes them.
+const ADD_STEPS: [&str; 9] = [
+    "create_veth",
+    "add_uc_filter",
+    "attach",
+    "register",
+    "set_host_routes",
+    "acquire",
+    "configure_pod",
+    "add_host_route",
+    "set_flood",
+];
+
+#[tokio::test]
+async fn a_failed_add_undoes_everything_at_every_step() {
+    for step in ADD_STEPS {
+        let t = TestAgent::start().await;
+        t.world().fail_at = Some(step);
+        let err = t.agent.add(request("c1", "p")).await.unwrap_err();
+        t.world().assert_empty();
+        assert!(t.agent.endpoints().is_empty(), "{step}: state not empty");
+        // The identity was given back and nothing is in the way: the
+        // retried ADD succeeds.
+        t.world().fail_at = None;
+        t.agent
+            .add(request("c1", "p"))
+            .await
+            .unwrap_or_else(|e| panic!("retry after a failed {step} ({err}): {e}"));
+        t.agent.del(request("c1", "p")).await.unwrap();
+        t.world().assert_empty();
+    }
+}
+
+#[tokio::test]
+async fn undo_runs_in_reverse_and_detaches_before_unregistering() {
+    let t = TestAgent::start().await;
+    t.world().fail_at = Some("set_flood");
+    t.agent.add(request("c1", "p")).await.unwrap_err();
+    let w = t.world();
+    let undo = w.calls_of(&[
+        "release",
+        "del_host_route",
+        "detach",
+        "unregister",
+        "del_uc_filter",
+        "delete_link",
+    ]);
+    let ops: Vec<&str> = undo.iter().map(|c| c.split(' ').next().unwrap()).collect();
+    // The first delete_link is ADD's removal of a leftover veth.
+    assert_eq!(
+        ops,
+        [
+            "delete_link",
+            "release",
+            "del_host_route",
+            "detach",
+            "unregister",
+            "del_uc_filter",
+            "delete_link"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn del_detaches_the_programs_before_removing_the_map_entries() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("c1", "p")).await.unwrap();
+    t.world().calls.clear();
+    t.agent.del(request("c1", "p")).await.unwrap();
+    let w = t.world();
+    let ops = w.calls_of(&["detach", "unregister", "purge_flows", "delete_link"]);
+    let ops: Vec<&str> = ops.iter().map(|c| c.split(' ').next().unwrap()).collect();
+    assert_eq!(ops, ["detach", "unregister", "purge_flows", "delete_link"]);
+}
+
+#[tokio::test]
+async fn del_is_idempotent() {
+    let t = TestAgent::start().await;
+    // Never added: only the look-up and the (idempotent) removal of
+    // program pins, nothing else touched.
+    t.agent.del(request("c0", "p0")).await.unwrap();
+    let veth = host_veth_name("c0", "eth0");
+    assert_eq!(
+        t.world().calls,
+        [format!("find_link {veth}"), format!("detach {veth}")]
+    );
+    t.agent.add(request("c1", "p")).await.unwrap();
+    t.agent.del(request("c1", "p")).await.unwrap();
+    t.agent.del(request("c1", "p")).await.unwrap();
+    t.world().assert_empty();
+}
+
+#[tokio::test]
+async fn del_of_a_half_made_attachment_removes_it() {
+    // A crash mid-ADD: veth, programs and entries exist, the state has none.
+    let t = TestAgent::start().await;
+    t.world().fail_at = Some("set_flood");
+    t.agent.add(request("c1", "p")).await.unwrap_err();
+    t.world().fail_at = None;
+    let veth = host_veth_name("c1", "eth0");
+    let mac = stable_mac("p");
+    {
+        let mut w = t.world();
+        let index = 900;
+        let pod = ("/run/netns/c1".to_string(), "eth0".to_string());
+        let info = crate::netlink::LinkInfo {
+            index,
+            mac: [0x0a, 0, 0, 0, 0, 9],
+            mtu: 1500,
+        };
+        w.links.insert(veth.clone(), (info, pod));
+        w.attached.insert(veth.clone());
+        w.uc_filter.insert(mac);
+        w.ep_by_if.insert(index, endpoint(mac));
+        w.ep_by_mac.insert(
+            mac,
+            lanlink_common::EndpointByMac {
+                ifindex: index,
+                ipv4: [0; 4],
+                flags: 0,
+            },
+        );
+    }
+    t.agent.del(request("c1", "p")).await.unwrap();
+    let w = t.world();
+    assert!(w.links.is_empty() && w.attached.is_empty() && w.ep_by_if.is_empty());
+    assert!(w.ep_by_mac.is_empty() && w.uc_filter.is_empty());
+}
+
+fn endpoint(mac: [u8; 6]) -> EndpointByIf {
+    EndpointByIf {
+        mac,
+        host_mac: [0x0a, 0, 0, 0, 0, 9],
+        ipv4: [0; 4],
+        flags: 0,
+    }
+}
+
+#[tokio::test]
+async fn operations_on_one_attachment_are_serialised() {
+    let t = TestAgent::start().await;
+    let (go, waiting) = t.gate("c1");
+    let agent = Arc::clone(&t.agent);
+    let add = tokio::spawn(async move { agent.add(request("c1", "p")).await });
+    waiting.notified().await;
+    let agent = Arc::clone(&t.agent);
+    let mut del = tokio::spawn(async move { agent.del(request("c1", "p")).await });
+    // DEL waits for the ADD in progress …
+    assert!(tokio::time::timeout(SHORT, &mut del).await.is_err());
+    go.add_permits(1);
+    add.await.unwrap().unwrap();
+    // … then removes all it made.
+    del.await.unwrap().unwrap();
+    t.world().assert_empty();
+}
+
+#[tokio::test]
+async fn operations_on_different_attachments_do_not_wait_for_each_other() {
+    let t = TestAgent::start().await;
+    let (go, waiting) = t.gate("c1");
+    let agent = Arc::clone(&t.agent);
+    let add1 = tokio::spawn(async move { agent.add(request("c1", "p1")).await });
+    waiting.notified().await;
+    tokio::time::timeout(Duration::from_secs(5), t.agent.add(request("c2", "p2")))
+        .await
+        .expect("ADD of c2 waited for c1's")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), t.agent.del(request("c2", "p2")))
+        .await
+        .expect("DEL of c2 waited for c1's ADD")
+        .unwrap();
+    go.add_permits(1);
+    add1.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn check_takes_the_attachment_lock() {
+    let t = TestAgent::start().await;
+    let (go, waiting) = t.gate("c1");
+    let agent = Arc::clone(&t.agent);
+    let add = tokio::spawn(async move { agent.add(request("c1", "p")).await });
+    waiting.notified().await;
+    // Without the lock CHECK would answer at once, from a half-made pod.
+    let agent = Arc::clone(&t.agent);
+    let mut check = tokio::spawn(async move { agent.check(request("c1", "p")).await });
+    assert!(tokio::time::timeout(SHORT, &mut check).await.is_err());
+    go.add_permits(1);
+    add.await.unwrap().unwrap();
+    check.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_second_attachment_with_the_same_identity_is_refused_until_the_first_is_deleted() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("old-sandbox", "p")).await.unwrap();
+    let calls = t.world().calls.len();
+    let err = t.agent.add(request("new-sandbox", "p")).await.unwrap_err();
+    assert_eq!(err.code(), codes::TRY_AGAIN_LATER);
+    assert!(err.to_string().contains("old-sandbox"), "{err}");
+    // Refused before anything was made.
+    assert_eq!(t.world().calls.len(), calls);
+    t.agent.del(request("old-sandbox", "p")).await.unwrap();
+    t.agent.add(request("new-sandbox", "p")).await.unwrap();
+    // A late DEL of the old sandbox leaves the new one alone.
+    t.agent.del(request("old-sandbox", "p")).await.unwrap();
+    t.agent.check(request("new-sandbox", "p")).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_del_of_an_old_sandbox_never_touches_what_the_new_one_owns() {
+    let t = TestAgent::start().await;
+    // The old sandbox's ADD crashed halfway: its veth and its EP_BY_IF
+    // entry exist, the state has nothing (so nothing refuses the new ADD).
+    let mac = stable_mac("p");
+    let old_veth = host_veth_name("old-sandbox", "eth0");
+    {
+        let mut w = t.world();
+        let info = crate::netlink::LinkInfo {
+            index: 900,
+            mac: [0x0a, 0, 0, 0, 0, 9],
+            mtu: 1500,
+        };
+        let pod = ("/run/netns/old-sandbox".to_string(), "eth0".to_string());
+        w.links.insert(old_veth.clone(), (info, pod));
+        w.ep_by_if.insert(900, endpoint(mac));
+    }
+    t.agent.add(request("new-sandbox", "p")).await.unwrap();
+    let new_index = t.world().ep_by_mac[&mac].ifindex;
+    t.agent.del(request("old-sandbox", "p")).await.unwrap();
+    let w = t.world();
+    assert!(!w.links.contains_key(&old_veth), "the old veth stays");
+    assert!(
+        w.uc_filter.contains(&mac),
+        "the new pod's filter entry was removed"
+    );
+    assert_eq!(w.ep_by_mac.get(&mac).map(|e| e.ifindex), Some(new_index));
+    assert!(
+        w.leases.contains_key(&mac),
+        "the new pod's lease was released"
+    );
+    assert!(w.calls_of(&["del_uc_filter", "release"]).is_empty());
+}
+
+#[tokio::test]
+async fn not_ready_until_readopted_and_while_the_uplink_is_down() {
+    let t = TestAgent::new_with(|_| {});
+    let status = t.agent.status();
+    assert!(!status.ready);
+    assert!(status.reason.unwrap().contains("re-adopting"));
+    t.agent.readopt().await;
+    assert!(t.agent.status().ready);
+    t.agent.uplink_view().oper_up = false;
+    let status = t.agent.status();
+    assert!(!status.ready);
+    assert!(status.reason.unwrap().contains("uplink0"));
+}
+
+#[tokio::test]
+async fn host_routes_hold_the_uplink_addresses_and_the_netconf_prefixes() {
+    let t =
+        TestAgent::start_with(|c| c.host_routes = vec!["198.51.100.0/24".parse().unwrap()]).await;
+    let uplink = (UPLINK_ADDR.0, 32);
+    let service = (Ipv4Addr::new(10, 96, 0, 0), 12);
+    let flag = (Ipv4Addr::new(198, 51, 100, 0), 24);
+    t.agent.sync_host_routes().await.unwrap();
+    assert_eq!(t.world().host_routes, [uplink, flag]);
+    t.agent.add(request("c1", "p")).await.unwrap();
+    assert_eq!(t.world().host_routes, [service, uplink, flag]);
+    t.agent.del(request("c1", "p")).await.unwrap();
+    assert_eq!(t.world().host_routes, [uplink, flag]);
+}
+
+#[tokio::test]
+async fn uplink_address_changes_rewrite_the_host_routes() {
+    let t = TestAgent::start().await;
+    let added = Ipv4Addr::new(198, 18, 3, 3);
+    let msg = |ip: Ipv4Addr| {
+        let mut m = AddressMessage::default();
+        m.header.index = super::fakes::UPLINK_INDEX;
+        m.header.prefix_len = 22;
+        m.attributes.push(AddressAttribute::Address(ip.into()));
+        m
+    };
+    let events = futures::stream::iter([
+        RouteNetlinkMessage::NewAddress(msg(added)),
+        RouteNetlinkMessage::DelAddress(msg(UPLINK_ADDR.0)),
+    ]);
+    Arc::clone(&t.agent).watch_uplink(events).await;
+    assert_eq!(t.world().host_routes, [(added, 32)]);
+    assert_eq!(t.agent.uplink_view().addresses, [(added, 22)]);
+}
+
+#[tokio::test]
+async fn a_restart_readopts_live_attachments_and_cleans_up_vanished_ones() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("stays", "p1")).await.unwrap();
+    t.agent.add(request("vanishes", "p2")).await.unwrap();
+    // While the agent is down, the runtime deletes one pod's namespace (its
+    // veth goes with it) and the pinned program links are all that is left.
+    {
+        let mut w = t.world();
+        let veth = host_veth_name("vanishes", "eth0");
+        let (_, pod) = w.links.remove(&veth).unwrap();
+        w.pods.remove(&pod);
+        w.calls.clear();
+    }
+    let t2 = t.restart().await;
+    assert!(t2.agent.status().ready);
+    {
+        let w = t2.world();
+        let stays = host_veth_name("stays", "eth0");
+        assert!(
+            w.calls.contains(&format!("attach {stays}")),
+            "{:?}",
+            w.calls
+        );
+        assert_eq!(w.attached.iter().collect::<Vec<_>>(), [&stays]);
+        // The vanished one's lease, filter entry and map entries are gone …
+        assert!(!w.leases.contains_key(&stable_mac("p2")));
+        assert!(!w.uc_filter.contains(&stable_mac("p2")));
+        assert!(!w.ep_by_mac.contains_key(&stable_mac("p2")));
+        assert_eq!(w.ep_by_if.len(), 1);
+        assert_eq!(w.flood.len(), 1);
+    }
+    assert_eq!(t2.agent.endpoints().len(), 1);
+    // … and its identity is free again.
+    t2.agent.add(request("vanishes-again", "p2")).await.unwrap();
+    t2.agent.check(request("stays", "p1")).await.unwrap();
+}
+#[tokio::test]
+async fn a_failed_save_leaves_memory_as_the_disk_says() {
+    let t = TestAgent::start().await;
+    // A directory where the state writer's temporary file goes: every
+    // write fails, even as root.
+    let blocker = t.agent.store.temp_path();
+    std::fs::create_dir(&blocker).unwrap();
+    std::fs::write(blocker.join("x"), b"").unwrap();
+    let err = t.agent.add(request("c1", "p")).await.unwrap_err();
+    assert!(err.to_string().contains("state"), "{err}");
+    assert!(
+        t.agent.endpoints().is_empty(),
+        "memory says more than the disk"
+    );
+    t.world().assert_empty();
+    std::fs::remove_dir_all(&blocker).unwrap();
+    t.agent.add(request("c1", "p")).await.unwrap();
+    assert_eq!(t.agent.endpoints().len(), 1);
+    let t2 = t.restart().await;
+    assert_eq!(t2.agent.endpoints().len(), 1, "the retried ADD is on disk");
+}

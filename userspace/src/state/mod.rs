@@ -1,0 +1,305 @@
+//! The agent's persisted state: one record per attachment (container +
+//! interface), with its lease. Written after every change by one writer
+//! thread ([`Store::submit`]), read at start to re-adopt the dataplane and
+//! resume renewals.
+//!
+//! The file has its own versioned types ([`v1`]), so changing an API type
+//! never changes the file; a file of another version is refused at start.
+
+pub mod v1;
+mod writer;
+
+use std::{
+    collections::BTreeMap,
+    io::ErrorKind,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use lanlink_api::{AttachmentConfig, EndpointInfo, PodIdentity};
+use tokio::sync::oneshot;
+
+pub use writer::WriteError;
+
+use crate::dhcp::Lease;
+
+/// Errors reading or writing the state file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// The state directory could not be created.
+    #[error("cannot create the state directory {path}")]
+    Dir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The writer thread could not be started.
+    #[error("cannot start the writer of {path}")]
+    Spawn {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file could not be read.
+    #[error("cannot read the state file {path}")]
+    Read {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not JSON of the layout its version says.
+    #[error("the state file {path} is corrupt")]
+    Corrupt {
+        /// The state file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The file was written by an agent of another format version.
+    #[error(
+        "the state file {path} has version {found}; this lanlinkd reads version {}",
+        v1::VERSION
+    )]
+    Version {
+        /// The state file.
+        path: PathBuf,
+        /// The `version` it holds, as written.
+        found: String,
+    },
+    /// The file has no `version` and is not the layout of version 1 either.
+    #[error(
+        "the state file {path} has no version and is not a version {} layout",
+        v1::VERSION
+    )]
+    Unversioned {
+        /// The state file.
+        path: PathBuf,
+        /// Why it is not version 1.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A record holds a value the agent no longer accepts.
+    #[error("the state file {path} holds an invalid record")]
+    Invalid {
+        /// The state file.
+        path: PathBuf,
+        /// Which record, and why.
+        #[source]
+        source: v1::InvalidRecord,
+    },
+    /// A write including the change failed; the file holds what it held.
+    #[error("cannot save state to {path}")]
+    Save {
+        /// The state file.
+        path: PathBuf,
+        /// Why (shared by every change the failed write carried).
+        #[source]
+        source: Arc<WriteError>,
+    },
+}
+
+/// One attachment the agent made.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    /// `CNI_CONTAINERID`.
+    pub container_id: String,
+    /// `CNI_IFNAME`.
+    pub ifname: String,
+    /// `CNI_NETNS`.
+    pub netns: String,
+    /// Who the pod is.
+    pub pod: PodIdentity,
+    /// The netconf part the agent acted on.
+    pub config: AttachmentConfig,
+    /// Host-side veth name.
+    pub host_veth: String,
+    /// Host-side veth ifindex.
+    pub host_ifindex: u32,
+    /// Host-side veth MAC.
+    pub host_mac: [u8; 6],
+    /// Pod MAC.
+    pub mac: [u8; 6],
+    /// The lease the agent holds for it (`None` for `ipam: none`).
+    pub lease: Option<Lease>,
+    /// Whether the lease expired without renewal.
+    pub expired: bool,
+}
+
+impl Endpoint {
+    /// The key of the attachment: `<container id>/<ifname>`.
+    pub fn key(&self) -> String {
+        key(&self.container_id, &self.ifname)
+    }
+
+    /// How the API shows it.
+    pub fn info(&self) -> EndpointInfo {
+        EndpointInfo {
+            container_id: self.container_id.clone(),
+            network: self.config.network.clone(),
+            ifname: self.ifname.clone(),
+            netns: self.netns.clone(),
+            pod: self.pod.clone(),
+            host_veth: self.host_veth.clone(),
+            host_ifindex: self.host_ifindex,
+            mac: self.mac.into(),
+            address: self
+                .lease
+                .as_ref()
+                .map(|l| format!("{}/{}", l.address, l.prefix_len)),
+            mode: self.config.mode,
+        }
+    }
+}
+
+/// The key of an attachment.
+pub fn key(container_id: &str, ifname: &str) -> String {
+    format!("{container_id}/{ifname}")
+}
+
+/// All attachments, by key (the state in memory; the file's layout is
+/// [`v1::File`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct State {
+    /// Attachments by `<container id>/<ifname>`.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// Where the state lives: its loading, and the handle to its one writer.
+/// One `Store` per directory (clones share the writer).
+#[derive(Clone, Debug)]
+pub struct Store {
+    path: PathBuf,
+    writer: writer::Writer,
+}
+
+/// A snapshot queued by [`Store::submit`]: [`wait`](Self::wait) for the
+/// write that includes it.
+#[derive(Debug)]
+#[must_use = "a save may fail: wait for it"]
+pub struct PendingSave {
+    path: PathBuf,
+    rx: oneshot::Receiver<writer::WriteResult>,
+}
+
+impl PendingSave {
+    /// Waits for a write that includes the snapshot.
+    pub async fn wait(self) -> Result<(), StateError> {
+        let Self { path, rx } = self;
+        outcome(path, rx.await)
+    }
+
+    /// Like [`wait`](Self::wait), blocking the calling thread: for callers
+    /// that are not async (it parks an async worker if called on one).
+    pub fn wait_blocking(self) -> Result<(), StateError> {
+        let Self { path, rx } = self;
+        outcome(path, futures::executor::block_on(rx))
+    }
+}
+
+fn outcome(
+    path: PathBuf,
+    result: Result<writer::WriteResult, oneshot::error::RecvError>,
+) -> Result<(), StateError> {
+    // A dropped sender means the writer thread died with the job.
+    let result = result.unwrap_or_else(|_| Err(Arc::new(WriteError::Gone)));
+    result.map_err(|source| StateError::Save { path, source })
+}
+
+impl Store {
+    /// The store in `state_dir` (created if missing), with its writer thread.
+    pub fn new(state_dir: &Path) -> Result<Self, StateError> {
+        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let path = state_dir.join(crate::paths::STATE_FILE);
+        let writer = writer::Writer::spawn(path.clone()).map_err(|source| StateError::Spawn {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self { path, writer })
+    }
+
+    /// The state file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where the writer puts its temporary file (tests make it unusable to
+    /// fail writes, even as root).
+    #[cfg(test)]
+    pub(crate) fn temp_path(&self) -> PathBuf {
+        writer::temp_path(&self.path)
+    }
+
+    /// Reads the state; empty if there is no file yet. A file of another
+    /// version is refused ([`StateError::Version`]).
+    pub fn load(&self) -> Result<State, StateError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(State::default()),
+            Err(source) => {
+                return Err(StateError::Read {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        decode(&self.path, &bytes)
+    }
+
+    /// Queues a snapshot for the writer and returns at once. Call it with
+    /// the lock that orders the changes held (so the queue order is the
+    /// order of the changes), then release the lock and
+    /// [`wait`](PendingSave::wait) outside it.
+    pub fn submit(&self, snapshot: State) -> PendingSave {
+        PendingSave {
+            path: self.path.clone(),
+            rx: self.writer.submit(snapshot),
+        }
+    }
+}
+
+/// Parses the file's bytes: version 1, or a file without a version that has
+/// the version 1 layout.
+fn decode(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
+    let corrupt = |source| StateError::Corrupt {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).map_err(corrupt)?;
+    let file: v1::File = match value.get("version") {
+        Some(v) if v.as_u64() == Some(u64::from(v1::VERSION)) => {
+            serde_json::from_value(value).map_err(corrupt)?
+        }
+        Some(v) => {
+            return Err(StateError::Version {
+                path: path.to_path_buf(),
+                found: v.to_string(),
+            });
+        }
+        None => {
+            if let Some(obj) = value.as_object_mut() {
+                obj.insert("version".into(), v1::VERSION.into());
+            }
+            serde_json::from_value(value).map_err(|source| StateError::Unversioned {
+                path: path.to_path_buf(),
+                source,
+            })?
+        }
+    };
+    State::try_from(file).map_err(|source| StateError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,357 @@
+//! Tests of the state file: its versions and its writer.
+
+use super::*;
+use lanlink_api::{DhcpConfig, DhcpOption, Identity, Mode};
+use std::net::Ipv4Addr;
+
+/// A state dir removed on drop.
+struct Dir(PathBuf);
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn dir() -> Dir {
+    Dir(std::env::temp_dir().join(format!(
+        "lanlink-state-test-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    )))
+}
+
+fn endpoint(container_id: &str, lease: Option<Lease>) -> Endpoint {
+    Endpoint {
+        container_id: container_id.into(),
+        ifname: "eth0".into(),
+        netns: "/run/netns/p".into(),
+        pod: PodIdentity::default(),
+        config: AttachmentConfig::default(),
+        host_veth: "ll0123456789ab".into(),
+        host_ifindex: 7,
+        host_mac: [2, 0, 0, 0, 0, 7],
+        mac: [2, 0, 0, 0, 0, 1],
+        lease,
+        expired: false,
+    }
+}
+
+fn lease() -> Lease {
+    Lease {
+        mac: [2, 0, 0, 0, 0, 1],
+        client_id: vec![0xff, 1, 2],
+        hostname: Some("web-0".into()),
+        address: Ipv4Addr::new(198, 18, 0, 150),
+        prefix_len: 24,
+        server_id: Ipv4Addr::new(198, 18, 0, 1),
+        server_mac: [2, 0, 0, 0, 0, 2],
+        router: Some(Ipv4Addr::new(198, 18, 0, 1)),
+        classless_routes: vec![(
+            Ipv4Addr::new(198, 19, 0, 0),
+            16,
+            Ipv4Addr::new(198, 18, 0, 254),
+        )],
+        dns: vec![Ipv4Addr::new(198, 18, 0, 53)],
+        domain: Some("lan".into()),
+        search: vec!["lan".into()],
+        mtu: Some(1400),
+        lease_secs: 120,
+        t1_secs: 60,
+        t2_secs: 105,
+        obtained_at_unix: 1_000,
+    }
+}
+
+/// Every field set away from its default, so a lost field shows.
+fn full_state() -> State {
+    let mut ep = endpoint("c1", Some(lease()));
+    ep.pod = PodIdentity {
+        namespace: Some("ns".into()),
+        name: Some("web-0".into()),
+        uid: Some("u-1".into()),
+    };
+    ep.config = AttachmentConfig {
+        network: "lan".into(),
+        uplink: Some("eth9".into()),
+        mode: Mode::Secondary,
+        host_routes: vec!["198.19.0.0/16".parse().unwrap()],
+        dhcp: Some(DhcpConfig {
+            timeout_ms: 7_000,
+            identity: Identity::Random,
+            send_options: vec![DhcpOption::parse(77, "0x0102").unwrap()],
+            arp_probe_ms: 0,
+        }),
+        mtu: Some(1400),
+    };
+    ep.expired = true;
+    let mut st = State::default();
+    st.endpoints.insert(ep.key(), ep);
+    let bare = endpoint("c2", None);
+    st.endpoints.insert(bare.key(), bare);
+    st
+}
+
+fn state_of(n: usize) -> State {
+    let mut st = State::default();
+    for i in 0..n {
+        let ep = endpoint(&format!("c{i}"), None);
+        st.endpoints.insert(ep.key(), ep);
+    }
+    st
+}
+
+/// A file the released agent (state without `state::v1`) wrote: version 1,
+/// the netconf part as the API's `AttachmentConfig` serialised it.
+const RELEASED_FILE: &str = r#"{
+  "version": 1,
+  "endpoints": {
+    "c1/eth0": {
+      "containerId": "c1",
+      "ifname": "eth0",
+      "netns": "/run/netns/p",
+      "pod": { "namespace": "ns", "name": "web-0", "uid": "u-1" },
+      "config": {
+        "network": "lan",
+        "uplink": "eth9",
+        "mode": "secondary",
+        "hostRoutes": ["198.19.0.0/16"],
+        "dhcp": {
+          "timeoutMs": 7000,
+          "identity": "random",
+          "sendOptions": [{ "code": 77, "value": "0x0102" }],
+          "arpProbeMs": 0
+        },
+        "mtu": 1400
+      },
+      "hostVeth": "ll0123456789ab",
+      "hostIfindex": 7,
+      "hostMac": [2, 0, 0, 0, 0, 7],
+      "mac": [2, 0, 0, 0, 0, 1],
+      "lease": {
+        "mac": [2, 0, 0, 0, 0, 1],
+        "client_id": [255, 1, 2],
+        "hostname": "web-0",
+        "address": "198.18.0.150",
+        "prefix_len": 24,
+        "server_id": "198.18.0.1",
+        "server_mac": [2, 0, 0, 0, 0, 2],
+        "router": "198.18.0.1",
+        "classless_routes": [["198.19.0.0", 16, "198.18.0.254"]],
+        "dns": ["198.18.0.53"],
+        "domain": "lan",
+        "search": ["lan"],
+        "mtu": 1400,
+        "lease_secs": 120,
+        "t1_secs": 60,
+        "t2_secs": 105,
+        "obtained_at_unix": 1000
+      },
+      "expired": true
+    },
+    "c2/eth0": {
+      "containerId": "c2",
+      "ifname": "eth0",
+      "netns": "/run/netns/p",
+      "pod": {},
+      "config": { "network": "", "mode": "primary", "hostRoutes": [] },
+      "hostVeth": "ll0123456789ab",
+      "hostIfindex": 7,
+      "hostMac": [2, 0, 0, 0, 0, 7],
+      "mac": [2, 0, 0, 0, 0, 1],
+      "lease": null,
+      "expired": false
+    }
+  }
+}"#;
+
+fn write_file(d: &Dir, content: &str) {
+    std::fs::create_dir_all(&d.0).unwrap();
+    std::fs::write(d.0.join(crate::paths::STATE_FILE), content).unwrap();
+}
+
+fn file_json(d: &Dir) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(d.0.join(crate::paths::STATE_FILE)).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn a_state_survives_a_save_and_load() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    assert_eq!(store.load().unwrap(), State::default(), "no file: empty");
+    let st = full_state();
+    store.submit(st.clone()).wait().await.unwrap();
+    let back = Store::new(&d.0).unwrap().load().unwrap();
+    assert_eq!(back, st);
+    assert_eq!(file_json(&d)["version"], 1);
+    // Only the state file: the temporary file was renamed over it.
+    let names: Vec<_> = std::fs::read_dir(&d.0)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from(crate::paths::STATE_FILE)]
+    );
+}
+
+#[test]
+fn the_released_agents_file_loads_and_is_written_back_the_same() {
+    let d = dir();
+    write_file(&d, RELEASED_FILE);
+    let store = Store::new(&d.0).unwrap();
+    let st = store.load().unwrap();
+    assert_eq!(st, full_state());
+    // Writing it again gives the released layout field for field, so an
+    // older agent started after this one still reads the file.
+    store.submit(st).wait_blocking().unwrap();
+    let released: serde_json::Value = serde_json::from_str(RELEASED_FILE).unwrap();
+    assert_eq!(file_json(&d), released);
+}
+
+#[test]
+fn records_without_lease_expiry_or_pod_load_with_defaults() {
+    let d = dir();
+    write_file(
+        &d,
+        r#"{"version":1,"endpoints":{"c1/eth0":{"containerId":"c1","ifname":"eth0",
+        "netns":"/run/netns/p","config":{"network":""},"hostVeth":"ll0123456789ab",
+        "hostIfindex":7,"hostMac":[2,0,0,0,0,7],"mac":[2,0,0,0,0,1]}}}"#,
+    );
+    let back = Store::new(&d.0).unwrap().load().unwrap();
+    assert_eq!(back.endpoints["c1/eth0"], endpoint("c1", None));
+}
+
+#[test]
+fn a_file_without_version_in_the_version_1_layout_loads() {
+    let d = dir();
+    let mut json: serde_json::Value = serde_json::from_str(RELEASED_FILE).unwrap();
+    json.as_object_mut().unwrap().remove("version");
+    write_file(&d, &json.to_string());
+    assert_eq!(Store::new(&d.0).unwrap().load().unwrap(), full_state());
+}
+
+#[test]
+fn a_stored_host_route_with_host_bits_loads_as_its_network() {
+    let d = dir();
+    write_file(&d, &RELEASED_FILE.replace("198.19.0.0/16", "198.19.3.4/16"));
+    assert_eq!(Store::new(&d.0).unwrap().load().unwrap(), full_state());
+}
+
+#[test]
+fn an_invalid_stored_option_is_an_error_naming_the_attachment() {
+    let d = dir();
+    // Code 53 (message type) is the client's own: never accepted.
+    write_file(&d, &RELEASED_FILE.replace(r#""code": 77"#, r#""code": 53"#));
+    let err = Store::new(&d.0).unwrap().load().unwrap_err();
+    assert!(matches!(err, StateError::Invalid { .. }), "{err:?}");
+    let chain = format!("{:?}", std::error::Error::source(&err));
+    assert!(chain.contains("c1/eth0"), "{chain}");
+}
+
+#[test]
+fn an_unknown_version_is_refused_naming_file_and_versions() {
+    let d = dir();
+    write_file(&d, r#"{"version":7,"endpoints":{},"pods":[]}"#);
+    let err = Store::new(&d.0).unwrap().load().unwrap_err();
+    assert!(matches!(err, StateError::Version { .. }), "{err:?}");
+    let path = d.0.join(crate::paths::STATE_FILE);
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "the state file {} has version 7; this lanlinkd reads version 1",
+            path.display()
+        )
+    );
+}
+
+#[test]
+fn a_file_without_version_in_another_layout_is_refused() {
+    let d = dir();
+    write_file(&d, r#"{"pods":[{"id":"c1"}]}"#);
+    let err = Store::new(&d.0).unwrap().load().unwrap_err();
+    assert!(matches!(err, StateError::Unversioned { .. }), "{err:?}");
+    assert!(err.to_string().contains("has no version"), "{err}");
+    assert!(err.to_string().contains(crate::paths::STATE_FILE), "{err}");
+}
+
+#[test]
+fn a_corrupt_state_file_is_an_error_naming_it() {
+    for content in [
+        "{ half",
+        r#"{"version":1,"endpoints":{"k":{"containerId":3}}}"#,
+    ] {
+        let d = dir();
+        write_file(&d, content);
+        let err = Store::new(&d.0).unwrap().load().unwrap_err();
+        assert!(matches!(err, StateError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains(crate::paths::STATE_FILE), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_saves_all_resolve_and_the_newest_is_on_disk() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    // Snapshots queued in order (as the agent queues under its state lock),
+    // awaited concurrently.
+    let order = std::sync::Mutex::new(());
+    let mut tasks = Vec::new();
+    for n in 1..=64 {
+        let pending = {
+            let _g = order.lock().unwrap();
+            store.submit(state_of(n))
+        };
+        tasks.push(tokio::spawn(pending.wait()));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(store.load().unwrap(), state_of(64));
+}
+
+#[test]
+fn saves_from_many_threads_all_resolve() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    let last = std::sync::Mutex::new(0usize);
+    std::thread::scope(|s| {
+        for t in 0..8 {
+            let (store, last) = (&store, &last);
+            s.spawn(move || {
+                for i in 0..8 {
+                    let n = t * 8 + i + 1;
+                    let pending = {
+                        let mut l = last.lock().unwrap();
+                        *l = n;
+                        store.submit(state_of(n))
+                    };
+                    pending.wait_blocking().unwrap();
+                }
+            });
+        }
+    });
+    let last = *last.lock().unwrap();
+    assert_eq!(store.load().unwrap(), state_of(last));
+}
+
+#[tokio::test]
+async fn a_failed_write_reaches_the_waiter_and_keeps_the_old_file() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    store.submit(state_of(1)).wait().await.unwrap();
+    // A directory where the temporary file goes: creating it fails, even
+    // for root.
+    let tmp = store.temp_path();
+    std::fs::create_dir(&tmp).unwrap();
+    std::fs::write(tmp.join("x"), b"").unwrap();
+    let err = store.submit(state_of(2)).wait().await.unwrap_err();
+    assert!(matches!(err, StateError::Save { .. }), "{err:?}");
+    assert!(err.to_string().contains(crate::paths::STATE_FILE), "{err}");
+    let chain = format!("{:?}", std::error::Error::source(&err));
+    assert!(chain.contains("creating"), "{chain}");
+    assert_eq!(store.load().unwrap(), state_of(1), "old file intact");
+    // The writer survives a failure.
+    std::fs::remove_dir_all(&tmp).unwrap();
+    store.submit(state_of(3)).wait().await.unwrap();
+    assert_eq!(store.load().unwrap(), state_of(3));
+}
