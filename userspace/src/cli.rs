@@ -15,7 +15,7 @@ use std::{
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
 use lanlink_api::{
-    EndpointInfo, LeaseInfo, StatusResponse,
+    EndpointInfo, FlowRow, LeaseInfo, StatsRow, StatusResponse,
     client::{AgentClient, ClientError},
 };
 use lanlink_common::{Counter, EndpointByIf, StatSlot, endpoint_flags, map_names};
@@ -26,19 +26,6 @@ use crate::{
     flows::FlowsError,
     paths,
 };
-
-/// One row of `stats`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StatsRow {
-    /// Verdict label, e.g. `redirect_peer` or `drop_spoof_ip`.
-    pub verdict: String,
-    /// Whether it is a drop reason.
-    pub drop: bool,
-    /// Packets.
-    pub packets: u64,
-    /// Bytes.
-    pub bytes: u64,
-}
 
 /// Rows for every verdict.
 pub fn stats_rows(stats: &[(StatSlot, Counter)]) -> Vec<StatsRow> {
@@ -57,31 +44,6 @@ pub fn stats_rows(stats: &[(StatSlot, Counter)]) -> Vec<StatsRow> {
 pub fn pinned_stats(pin_dir: &Path) -> anyhow::Result<Vec<StatsRow>> {
     let map = crate::dataplane::open_pinned_stats(pin_dir)?;
     Ok(stats_rows(&crate::dataplane::read_stats(&map)?))
-}
-
-/// One flow of the conntrack-bypass map (`flows`, `GET /v1/flows`): a flow
-/// that entered the pod through the node's stack, whose replies the
-/// dataplane steers back through it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct FlowRow {
-    /// `tcp`, `udp`, `icmp` or the protocol number.
-    pub proto: String,
-    /// The pod's address (source of the replies).
-    pub pod: Ipv4Addr,
-    /// The pod's port (ICMP: the echo identifier).
-    pub pod_port: u16,
-    /// The peer as the pod sees it (after the node's DNAT).
-    pub peer: Ipv4Addr,
-    /// The peer's port (ICMP: the echo identifier).
-    pub peer_port: u16,
-    /// The host veth the flow entered the pod through.
-    pub host_ifindex: u32,
-    /// Its name, when it resolves in the caller's namespace.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub host_veth: Option<String>,
-    /// Milliseconds since the flow was last seen from the host stack.
-    pub idle_ms: u64,
 }
 
 /// One endpoint as the pinned maps know it (when the agent is down).
