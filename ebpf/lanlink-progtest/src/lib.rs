@@ -546,6 +546,15 @@ pub struct Lab {
 }
 
 impl Lab {
+    /// Runs `program` on `frame` as if it came through `link` (its ingress
+    /// and ifindex), panicking on a harness failure: the shorthand every
+    /// case uses.
+    pub fn run_on(&self, program: Program, frame: &[u8], link: &VethPair) -> Run<'_> {
+        self.harness
+            .run(program, frame, link.ctx())
+            .unwrap_or_else(|e| panic!("{program:?} on {}: {}", link.host, error_chain(&e)))
+    }
+
     /// The uplink's veth pair (`host` is the uplink, `peer` the LAN).
     pub fn uplink(&self) -> &VethPair {
         &self.links[0]

@@ -77,10 +77,7 @@ fn udp_from_pod(n: u8, dst_mac: [u8; 6], daddr: [u8; 4]) -> Vec<u8> {
 fn pod_unicast_to_lan_leaves_through_uplink(lab: &mut Lab) {
     register(lab);
     let frame = udp_from_pod(1, LAN_HOST_MAC, LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::RedirectUplink.slot()])
         .assert_redirects(&[(REDIRECT, lab.uplink().host_ifindex)]);
@@ -90,10 +87,7 @@ fn pod_unicast_to_lan_leaves_through_uplink(lab: &mut Lab) {
 fn pod_unicast_to_local_pod_goes_straight_in(lab: &mut Lab) {
     register(lab);
     let frame = udp_from_pod(1, pod_mac(2), pod_ip(2));
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::RedirectPeer.slot()])
         .assert_redirects(&[(REDIRECT_PEER, lab.pod(2).host_ifindex)]);
@@ -111,10 +105,7 @@ fn pod_broadcast_floods_other_pods_and_uplink(lab: &mut Lab) {
         .collect();
     // ARP for a LAN address: not answered, so flooded.
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::Flood.slot()])
         .assert_redirects(&[
@@ -145,10 +136,7 @@ fn failed_flood_clone_is_counted_and_the_rest_still_go(lab: &mut Lab) {
     // An ifindex that does not exist (a veth gone before the agent freed its slot).
     lab.harness.push_flood(9999).unwrap();
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::Flood.slot(), DropReason::RedirectFailed.slot()]);
     let kinds: Vec<_> = run
@@ -169,10 +157,7 @@ fn failed_flood_clone_is_counted_and_the_rest_still_go(lab: &mut Lab) {
 fn arp_for_gateway_is_answered_with_host_veth_mac(lab: &mut Lab) {
     register(lab);
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), GATEWAY);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::ArpReply.slot()])
         .assert_redirects(&[(REDIRECT, lab.pod(1).host_ifindex)]);
@@ -189,10 +174,7 @@ fn arp_for_host_route_is_answered_and_others_are_not(lab: &mut Lab) {
     register(lab);
     lab.harness.add_host_route([198, 18, 100, 0], 24).unwrap();
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), [198, 18, 100, 7]);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::ArpReply.slot()]);
     assert_eq!(
@@ -206,10 +188,7 @@ fn arp_for_host_route_is_answered_and_others_are_not(lab: &mut Lab) {
     );
     // Outside the route: left to the LAN (flooded), not answered.
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), [198, 18, 101, 7]);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[Verdict::Flood.slot()]);
     assert_eq!(run.data, frame);
 }
@@ -217,10 +196,7 @@ fn arp_for_host_route_is_answered_and_others_are_not(lab: &mut Lab) {
 fn frame_to_host_veth_mac_goes_to_stack(lab: &mut Lab) {
     register(lab);
     let frame = udp_from_pod(1, host_mac(1), [198, 18, 100, 1]);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::PassToStack.slot()])
         .assert_redirects(&[]);
@@ -241,10 +217,7 @@ fn learnt_flow_reply_is_steered_back_to_stack(lab: &mut Lab) {
             &frames::tcp(40000, 80, 0x02),
         ),
     );
-    let run = lab
-        .harness
-        .run(Program::ToPod, &syn, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &syn, lab.pod(1));
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::FlowLearnt.slot()]);
     let key = FlowKey {
@@ -258,10 +231,7 @@ fn learnt_flow_reply_is_steered_back_to_stack(lab: &mut Lab) {
     let flow = lab.harness.flows.get(&key, 0).expect("flow learnt");
     assert_eq!(flow.ifindex, lab.pod(1).host_ifindex);
     // Seen again: refreshed in place, still counted as learnt.
-    let run = lab
-        .harness
-        .run(Program::ToPod, &syn, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &syn, lab.pod(1));
     run.assert_only_counted(&[Verdict::FlowLearnt.slot()]);
 
     // The pod's SYN-ACK, addressed to the LAN router's MAC (its default
@@ -277,10 +247,7 @@ fn learnt_flow_reply_is_steered_back_to_stack(lab: &mut Lab) {
             &frames::tcp(80, 40000, 0x12),
         ),
     );
-    let run = lab
-        .harness
-        .run(Program::FromPod, &reply, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &reply, lab.pod(1));
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::FlowToHost.slot()])
         .assert_redirects(&[]);
@@ -300,10 +267,7 @@ fn learnt_flow_reply_is_steered_back_to_stack(lab: &mut Lab) {
             &frames::tcp(81, 40000, 0x12),
         ),
     );
-    let run = lab
-        .harness
-        .run(Program::FromPod, &other, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &other, lab.pod(1));
     run.assert_only_counted(&[Verdict::RedirectUplink.slot()]);
 }
 
@@ -311,10 +275,7 @@ fn spoofed_source_mac_is_dropped(lab: &mut Lab) {
     register(lab);
     let mut frame = udp_from_pod(1, LAN_HOST_MAC, LAN_HOST_IP);
     frame[6..12].copy_from_slice(&pod_mac(2));
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::SpoofMac.slot()])
         .assert_redirects(&[]);
@@ -329,10 +290,7 @@ fn spoofed_source_ip_is_dropped(lab: &mut Lab) {
         &frames::udp(1, 2, b"x"),
     );
     let frame = frames::eth(LAN_HOST_MAC, pod_mac(1), frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::SpoofIp.slot()]);
 }
@@ -341,27 +299,18 @@ fn spoofed_arp_sender_is_dropped(lab: &mut Lab) {
     register(lab);
     // Sender IP of another pod (ARP cache poisoning).
     let frame = frames::arp_request(pod_mac(1), pod_ip(2), LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::SpoofArp.slot()]);
     // Sender MAC inside the ARP that is not the frame's.
     let arp = frames::arp(1, pod_mac(2), pod_ip(1), [0; 6], LAN_HOST_IP);
     let frame = frames::eth(BROADCAST, pod_mac(1), frames::ETH_P_ARP, &arp);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::SpoofArp.slot()]);
     // A probe (sender 0.0.0.0) is fine.
     let frame = frames::arp_request(pod_mac(1), [0; 4], pod_ip(1));
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[Verdict::Flood.slot()]);
 }
 
@@ -372,39 +321,27 @@ fn malformed_headers_are_dropped(lab: &mut Lab) {
     // so truncation is tested with ARP.)
     let mut frame = frames::arp_request(pod_mac(1), pod_ip(1), GATEWAY);
     frame.truncate(14 + 10);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Malformed.slot()]);
     // IPv4 header with IHL 4 (shorter than the fixed header).
     let mut frame = udp_from_pod(1, LAN_HOST_MAC, LAN_HOST_IP);
     frame[14] = 0x44;
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Malformed.slot()]);
     // ARP for another hardware type.
     let mut arp = frames::arp(1, pod_mac(1), pod_ip(1), [0; 6], GATEWAY);
     arp[1] = 6;
     let frame = frames::eth(BROADCAST, pod_mac(1), frames::ETH_P_ARP, &arp);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Malformed.slot()]);
     // TCP without its ports (header length says 20, nothing follows).
     let mut ip = frames::ipv4(pod_ip(1), LAN_HOST_IP, IPPROTO_TCP, &[]);
     ip[3] = 20;
     let frame = frames::eth(LAN_HOST_MAC, pod_mac(1), frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Malformed.slot()]);
 }
@@ -415,10 +352,7 @@ fn vlan_tagged_frame_from_pod_is_dropped(lab: &mut Lab) {
     let mut payload = vec![0x00, 0x64]; // VID 100
     payload.extend_from_slice(&inner[12..]);
     let frame = frames::eth(LAN_HOST_MAC, pod_mac(1), frames::ETH_P_8021Q, &payload);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Vlan.slot()])
         .assert_redirects(&[]);
@@ -429,34 +363,22 @@ fn expired_endpoint_may_only_send_dhcp(lab: &mut Lab) {
     let ep = endpoint(lab, 1, endpoint_flags::AGENT_DHCP | endpoint_flags::EXPIRED);
     lab.harness.add_endpoint(&ep).unwrap();
     let frame = udp_from_pod(1, LAN_HOST_MAC, LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Expired.slot()]);
     // Neither ARP (but a probe) nor other EtherTypes.
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), LAN_HOST_IP);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[DropReason::Expired.slot()]);
     // LLDP: neither ARP nor IPv4.
     let frame = frames::eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], pod_mac(1), 0x88cc, &[0; 8]);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[DropReason::Expired.slot()]);
     // A DHCPDISCOVER from 0.0.0.0 still goes out (broadcast: flooded).
     let bootp = frames::dhcp(1, pod_mac(1), [0; 4], frames::DHCPDISCOVER);
     let ip = frames::ipv4([0; 4], [255; 4], IPPROTO_UDP, &frames::udp(68, 67, &bootp));
     let frame = frames::eth(BROADCAST, pod_mac(1), frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::Flood.slot()]);
 }
@@ -466,19 +388,13 @@ fn frame_from_unregistered_veth_is_dropped(lab: &mut Lab) {
     // Pod 3's veth exists but the agent has no endpoint for it (not yet, or
     // no longer): nothing to check its frames against.
     let mut frame = udp_from_pod(3, host_mac(3), [198, 18, 100, 1]);
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(3).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(3));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::UnknownIf.slot()])
         .assert_redirects(&[]);
     // Whatever it sends, even with a registered pod's addresses.
     frame[6..12].copy_from_slice(&pod_mac(1));
-    let run = lab
-        .harness
-        .run(Program::FromPod, &frame, lab.pod(3).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(3));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::UnknownIf.slot()]);
 }
@@ -494,10 +410,7 @@ fn lan_unicast_to_pod_goes_straight_in(lab: &mut Lab) {
         &frames::udp(5000, 40000, b"hi"),
     );
     let frame = frames::eth(pod_mac(2), LAN_HOST_MAC, frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromLan, &frame, lab.uplink().ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromLan, &frame, lab.uplink());
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::RedirectPeer.slot()])
         .assert_redirects(&[(REDIRECT_PEER, lab.pod(2).host_ifindex)]);
@@ -510,10 +423,7 @@ fn lan_broadcast_floods_every_pod_and_the_stack(lab: &mut Lab) {
         .map(|n| Capture::open(lab.pod(n).peer_ifindex).unwrap())
         .collect();
     let frame = frames::arp_request(LAN_HOST_MAC, LAN_HOST_IP, pod_ip(1));
-    let run = lab
-        .harness
-        .run(Program::FromLan, &frame, lab.uplink().ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromLan, &frame, lab.uplink());
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::Flood.slot()])
         .assert_redirects(&[
@@ -544,10 +454,7 @@ fn lan_unicast_for_no_pod_goes_to_stack(lab: &mut Lab) {
         frames::ETH_P_IP,
         &ip,
     );
-    let run = lab
-        .harness
-        .run(Program::FromLan, &frame, lab.uplink().ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromLan, &frame, lab.uplink());
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::PassToStack.slot()])
         .assert_redirects(&[]);
@@ -571,10 +478,7 @@ fn dhcpack_teaches_own_dhcp_pod_its_address(lab: &mut Lab) {
             &frames::udp(1, 2, b"x"),
         ),
     );
-    let run = lab
-        .harness
-        .run(Program::FromPod, &before, lab.pod(3).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &before, lab.pod(3));
     run.assert_only_counted(&[Verdict::RedirectUplink.slot()]);
 
     let bootp = frames::dhcp(2, pod_mac(3), leased, frames::DHCPACK);
@@ -585,10 +489,7 @@ fn dhcpack_teaches_own_dhcp_pod_its_address(lab: &mut Lab) {
         &frames::udp(67, 68, &bootp),
     );
     let ack = frames::eth(pod_mac(3), LAN_HOST_MAC, frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromLan, &ack, lab.uplink().ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromLan, &ack, lab.uplink());
     run.assert_code(tc::REDIRECT)
         .assert_only_counted(&[Verdict::DhcpLearnt.slot(), Verdict::RedirectPeer.slot()])
         .assert_redirects(&[(REDIRECT_PEER, lab.pod(3).host_ifindex)]);
@@ -602,10 +503,7 @@ fn dhcpack_teaches_own_dhcp_pod_its_address(lab: &mut Lab) {
     assert_eq!(by_mac.ipv4, leased);
 
     // After: only the leased address.
-    let run = lab
-        .harness
-        .run(Program::FromPod, &before, lab.pod(3).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromPod, &before, lab.pod(3));
     run.assert_only_counted(&[DropReason::SpoofIp.slot()]);
 
     // An ACK for an agent-held endpoint teaches nothing.
@@ -617,10 +515,7 @@ fn dhcpack_teaches_own_dhcp_pod_its_address(lab: &mut Lab) {
         &frames::udp(67, 68, &bootp),
     );
     let ack = frames::eth(pod_mac(1), LAN_HOST_MAC, frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::FromLan, &ack, lab.uplink().ctx())
-        .unwrap();
+    let run = lab.run_on(Program::FromLan, &ack, lab.uplink());
     run.assert_only_counted(&[Verdict::RedirectPeer.slot()]);
 }
 
@@ -635,10 +530,7 @@ fn to_pod_without_flow_fix_passes(lab: &mut Lab) {
         &frames::tcp(40000, 80, 0x02),
     );
     let frame = frames::eth(pod_mac(1), host_mac(1), frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::ToPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &frame, lab.pod(1));
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::PassToStack.slot()]);
     assert_eq!(run.data, frame);
@@ -648,10 +540,7 @@ fn to_pod_broadcast_and_malformed_with_flow_fix(lab: &mut Lab) {
     register(lab);
     // Flood clones pass through to_pod too: not flows.
     let frame = frames::arp_request(LAN_HOST_MAC, LAN_HOST_IP, pod_ip(1));
-    let run = lab
-        .harness
-        .run(Program::ToPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &frame, lab.pod(1));
     run.assert_code(tc::OK)
         .assert_only_counted(&[Verdict::PassToStack.slot()]);
     // ICMP echo request: learnt with its identifier as both ports.
@@ -662,10 +551,7 @@ fn to_pod_broadcast_and_malformed_with_flow_fix(lab: &mut Lab) {
         &frames::icmp_echo(8, 77),
     );
     let frame = frames::eth(pod_mac(1), host_mac(1), frames::ETH_P_IP, &ip);
-    let run = lab
-        .harness
-        .run(Program::ToPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &frame, lab.pod(1));
     run.assert_only_counted(&[Verdict::FlowLearnt.slot()]);
     let key = FlowKey {
         saddr: pod_ip(1),
@@ -678,10 +564,7 @@ fn to_pod_broadcast_and_malformed_with_flow_fix(lab: &mut Lab) {
     assert!(lab.harness.flows.get(&key, 0).is_ok(), "ICMP flow learnt");
     // IPv4 with a bad version nibble.
     let frame = frames::eth(pod_mac(1), host_mac(1), frames::ETH_P_IP, &[0x65; 20]);
-    let run = lab
-        .harness
-        .run(Program::ToPod, &frame, lab.pod(1).ctx())
-        .unwrap();
+    let run = lab.run_on(Program::ToPod, &frame, lab.pod(1));
     run.assert_code(tc::SHOT)
         .assert_only_counted(&[DropReason::Malformed.slot()]);
 }
@@ -705,10 +588,7 @@ fn redirects_are_not_recorded_as_the_agent_loads_it() {
         };
         register(&mut lab);
         let frame = udp_from_pod(1, pod_mac(2), pod_ip(2));
-        let run = lab
-            .harness
-            .run(Program::FromPod, &frame, lab.pod(1).ctx())
-            .unwrap();
+        let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
         run.assert_code(tc::REDIRECT)
             .assert_only_counted(&[Verdict::RedirectPeer.slot()])
             .assert_redirects(&[]);
