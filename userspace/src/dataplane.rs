@@ -226,8 +226,7 @@ impl Dataplane {
             .load(OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         for hook in [Hook::FromPod, Hook::ToPod, Hook::FromLan] {
-            classifier(&mut ebpf, hook)?
-                .load()
+            load_retrying(classifier(&mut ebpf, hook)?)
                 .map_err(prog_err(format!("load {}", hook.program())))?;
         }
 
@@ -476,6 +475,23 @@ fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, Datap
         .ok_or(DataplaneError::Missing("program"))?
         .try_into()
         .map_err(prog_err(format!("use {} as a TC program", hook.program())))
+}
+
+/// Loads `prog`, trying again (up to 5 times in all, as libbpf does) while
+/// the kernel answers `EAGAIN`: the verifier gives up so when a signal is
+/// pending for the loading thread, which says nothing about the program.
+fn load_retrying(prog: &mut SchedClassifier) -> Result<(), aya::programs::ProgramError> {
+    for attempt in 1.. {
+        match prog.load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+            {
+                tracing::debug!(attempt, "program load interrupted (EAGAIN), again");
+            }
+            r => return r,
+        }
+    }
+    unreachable!("the loop returns by its fifth attempt")
 }
 
 /// Attaches `hook`'s program `prog` to `ifname` and pins the link at

@@ -57,6 +57,19 @@ pub fn ipv4(saddr: [u8; 4], daddr: [u8; 4], proto: u8, l4: &[u8]) -> Vec<u8> {
     h
 }
 
+/// An Ethernet frame `src_mac` → `dst_mac` carrying an IPv4 packet
+/// `saddr` → `daddr`.
+pub fn ipv4_frame(
+    dst_mac: [u8; 6],
+    src_mac: [u8; 6],
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    proto: u8,
+    l4: &[u8],
+) -> Vec<u8> {
+    eth(dst_mac, src_mac, ETH_P_IP, &ipv4(saddr, daddr, proto, l4))
+}
+
 /// A UDP header and payload (checksum 0: none, allowed over IPv4).
 pub fn udp(sport: u16, dport: u16, payload: &[u8]) -> Vec<u8> {
     let mut u = Vec::with_capacity(8 + payload.len());

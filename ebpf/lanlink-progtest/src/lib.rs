@@ -166,6 +166,27 @@ pub struct Globals {
     pub config_flags: u32,
 }
 
+/// How [`Harness::load_with`] loads the object.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadOptions {
+    /// Sets `RECORD_REDIRECTS` (`false` loads exactly as the agent does).
+    pub record_redirects: bool,
+    /// Gives the programs, in place of the object's `FLOWS`, a plain hash
+    /// map of one entry that is already full, so learning a new flow fails.
+    /// (The object's LRU map evicts instead of failing: nothing else reaches
+    /// `flow_learn_failed`.)
+    pub full_flows: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            record_redirects: true,
+            full_flows: false,
+        }
+    }
+}
+
 /// The `__sk_buff` fields a test run may set.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SkbCtx {
@@ -219,31 +240,78 @@ fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> HarnessError {
     }
 }
 
+/// A one-entry plain hash map shaped like `FLOWS`, pinned in bpffs only
+/// while the object loads (the loaded object keeps it open).
+struct FullFlows {
+    path: PathBuf,
+}
+
+impl FullFlows {
+    fn pin() -> Result<Self, HarnessError> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let err = |what: String| HarnessError::Map {
+            name: map_names::FLOWS,
+            what,
+        };
+        let fd = sys::create_hash_map(
+            "flows_full",
+            size_of::<FlowKey>() as u32,
+            size_of::<FlowValue>() as u32,
+            1,
+        )
+        .map_err(|e| err(format!("cannot create the full stand-in: {e}")))?;
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = PathBuf::from(format!(
+            "/sys/fs/bpf/lanlink-progtest-flows-{}-{n}",
+            std::process::id()
+        ));
+        let map = MapData::from_fd(fd).map_err(|e| err(e.to_string()))?;
+        map.pin(&path).map_err(|e| {
+            err(format!(
+                "cannot pin the stand-in at {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(Self { path })
+    }
+}
+
+impl Drop for FullFlows {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 impl Harness {
     /// Loads the object named by `LANLINK_EBPF_OBJ` with `globals` (and
     /// redirect recording on) and its three programs.
     pub fn load(globals: Globals) -> Result<Self, HarnessError> {
-        Self::load_recording(globals, true)
+        Self::load_with(globals, LoadOptions::default())
     }
 
-    /// [`Harness::load`], choosing whether redirects are recorded (`false`
-    /// loads exactly as the agent does).
-    pub fn load_recording(globals: Globals, record: bool) -> Result<Self, HarnessError> {
+    /// [`Harness::load`] with `options`.
+    pub fn load_with(globals: Globals, options: LoadOptions) -> Result<Self, HarnessError> {
         let path = PathBuf::from(std::env::var_os(OBJ_ENV).ok_or(HarnessError::NoObject)?);
         let object = std::fs::read(&path).map_err(|source| HarnessError::ReadObject {
             path: path.clone(),
             source,
         })?;
-        let record = u32::from(record);
-        let mut ebpf = EbpfLoader::new()
+        let record = u32::from(options.record_redirects);
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(globals::UPLINK_IFINDEX, &globals.uplink_ifindex, true)
             .override_global(globals::CONFIG_FLAGS, &globals.config_flags, true)
-            .override_global(globals::RECORD_REDIRECTS, &record, true)
-            .load(&object)
-            .map_err(|e| HarnessError::Load {
-                what: path.display().to_string(),
-                source: Box::new(e),
-            })?;
+            .override_global(globals::RECORD_REDIRECTS, &record, true);
+        // aya takes a map from outside the object only by its pin.
+        let full_flows = options.full_flows.then(FullFlows::pin).transpose()?;
+        if let Some(full) = &full_flows {
+            loader.map_pin_path(map_names::FLOWS, full.path.as_path());
+        }
+        let mut ebpf = loader.load(&object).map_err(|e| HarnessError::Load {
+            what: path.display().to_string(),
+            source: Box::new(e),
+        })?;
+        drop(full_flows);
         for program in Program::ALL {
             let load_err = |e: Box<dyn std::error::Error + Send + Sync>| HarnessError::Load {
                 what: format!("program {}", program.name()),
@@ -254,7 +322,19 @@ impl Harness {
                 .ok_or_else(|| load_err("missing from the object".into()))?
                 .try_into()
                 .map_err(|e: aya::programs::ProgramError| load_err(Box::new(e)))?;
-            prog.load().map_err(|e| load_err(Box::new(e)))?;
+            // Up to 5 attempts while the verifier answers EAGAIN (a signal
+            // pending for this thread), as libbpf and the agent do.
+            let mut attempt = 1;
+            while let Err(e) = prog.load() {
+                match e {
+                    aya::programs::ProgramError::LoadError { ref io_error, .. }
+                        if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < 5 =>
+                    {
+                        attempt += 1;
+                    }
+                    e => return Err(load_err(Box::new(e))),
+                }
+            }
         }
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(HarnessError::Map {
@@ -275,7 +355,7 @@ impl Harness {
             PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
         let redirect_log = PerCpuArray::try_from(take(map_names::REDIRECT_LOG)?)
             .map_err(map_err(map_names::REDIRECT_LOG))?;
-        Ok(Self {
+        let mut harness = Self {
             ebpf,
             ep_by_mac,
             ep_by_if,
@@ -286,7 +366,19 @@ impl Harness {
             redirect_log: RefCell::new(redirect_log),
             flood_len: 0,
             covered: RefCell::default(),
-        })
+        };
+        if options.full_flows {
+            // A flow no case sends: the one entry that makes the map full.
+            let filler = FlowKey {
+                proto: 255,
+                ..FlowKey::default()
+            };
+            harness
+                .flows
+                .insert(filler, FlowValue::default(), 0)
+                .map_err(map_err(map_names::FLOWS))?;
+        }
+        Ok(harness)
     }
 
     /// Registers `ep` as the agent does: both endpoint maps and the next
@@ -553,6 +645,17 @@ impl Lab {
         self.harness
             .run(program, frame, link.ctx())
             .unwrap_or_else(|e| panic!("{program:?} on {}: {}", link.host, error_chain(&e)))
+    }
+
+    /// Loads the object again into this lab, with `config_flags` and
+    /// `options`: fresh maps, nothing registered, no slot covered yet.
+    pub fn reload(&mut self, config_flags: u32, options: LoadOptions) {
+        let globals = Globals {
+            uplink_ifindex: self.uplink().host_ifindex,
+            config_flags,
+        };
+        self.harness =
+            Harness::load_with(globals, options).unwrap_or_else(|e| panic!("{}", error_chain(&e)));
     }
 
     /// The uplink's veth pair (`host` is the uplink, `peer` the LAN).

@@ -100,6 +100,28 @@ pub(crate) struct TestRunOut {
     pub(crate) data: Vec<u8>,
 }
 
+/// The `bpf(2)` syscall `cmd` with `attr`, passed with its size.
+///
+/// # Safety
+/// `attr` must be the `union bpf_attr` layout `cmd` reads (a prefix is
+/// enough: the kernel zero-fills the rest), and every pointer in it valid
+/// for what the kernel does with it during the call.
+unsafe fn bpf<A>(cmd: libc::c_long, attr: &mut A) -> Result<libc::c_long, std::io::Error> {
+    // SAFETY: as the caller promises.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut A,
+            size_of::<A>() as libc::c_uint,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(ret)
+}
+
 /// Runs program `prog_fd` once on `data` with context `ctx`.
 pub(crate) fn test_run(
     prog_fd: RawFd,
@@ -119,23 +141,61 @@ pub(crate) fn test_run(
         ctx_in: ctx as *const SkBuff as u64,
         ..Default::default()
     };
-    // SAFETY: `attr` is a valid `bpf_attr.test` of the size passed; the
-    // kernel reads `data` and `ctx` and writes at most `data_size_out` bytes
-    // to `out`, all alive for the call.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &mut attr as *mut TestRunAttr,
-            size_of::<TestRunAttr>() as libc::c_uint,
-        )
-    };
-    if ret < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
+    // SAFETY: `attr` is `bpf_attr.test`; the kernel reads `data` and `ctx`
+    // and writes at most `data_size_out` bytes to `out`, all alive for the
+    // call.
+    unsafe { bpf(BPF_PROG_TEST_RUN, &mut attr) }?;
     out.truncate(attr.data_size_out as usize);
     Ok(TestRunOut {
         retval: attr.retval,
         data: out,
     })
+}
+
+/// `BPF_MAP_CREATE` (`enum bpf_cmd`).
+const BPF_MAP_CREATE: libc::c_long = 0;
+/// `BPF_MAP_TYPE_HASH` (`enum bpf_map_type`).
+const BPF_MAP_TYPE_HASH: u32 = 1;
+
+/// The leading members of `union bpf_attr` for `BPF_MAP_CREATE`, up to and
+/// including `map_name` (the kernel zero-fills the rest).
+#[repr(C)]
+#[derive(Default)]
+struct MapCreateAttr {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+const _: () = assert!(size_of::<MapCreateAttr>() == 44);
+
+/// Creates a preallocated `BPF_MAP_TYPE_HASH` named `name` (at most 15
+/// bytes): unlike an LRU map, it refuses an insert when full (`E2BIG`).
+pub(crate) fn create_hash_map(
+    name: &str,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+) -> Result<std::os::fd::OwnedFd, std::io::Error> {
+    use std::os::fd::FromRawFd;
+
+    let mut attr = MapCreateAttr {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries,
+        ..Default::default()
+    };
+    let len = name.len().min(attr.map_name.len() - 1);
+    attr.map_name[..len].copy_from_slice(&name.as_bytes()[..len]);
+    // SAFETY: `attr` is a prefix of `bpf_attr` for this command, with no
+    // pointers.
+    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?;
+    // SAFETY: the syscall returned a new file descriptor that nothing else
+    // owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as RawFd) })
 }

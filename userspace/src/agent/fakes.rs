@@ -478,14 +478,31 @@ impl TestAgent {
         lock(&self.world)
     }
 
-    /// Makes the creation of `container`'s veth wait until the returned
-    /// semaphore gets a permit; the `Notify` fires once it waits.
-    pub fn gate(&self, container: &str) -> (Arc<Semaphore>, Arc<Notify>) {
-        let gate = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
-        self.world()
-            .gates
-            .insert(host_veth_name(container, "eth0"), gate.clone());
-        gate
+    /// Starts an ADD of `container` (pod `default/<pod>`) and returns once it
+    /// waits at the creation of its veth; it goes on when the returned
+    /// semaphore gets a permit.
+    pub async fn add_held(&self, container: &str, pod: &str) -> (Arc<Semaphore>, Pending) {
+        let (go, waiting) = (Arc::new(Semaphore::new(0)), Arc::new(Notify::new()));
+        self.world().gates.insert(
+            host_veth_name(container, "eth0"),
+            (Arc::clone(&go), Arc::clone(&waiting)),
+        );
+        let add = self.spawn(Verb::Add, container, pod);
+        waiting.notified().await;
+        (go, add)
+    }
+
+    /// Runs `verb` for `container` (pod `default/<pod>`) as a task of its own.
+    pub fn spawn(&self, verb: Verb, container: &str, pod: &str) -> Pending {
+        let agent = Arc::clone(&self.agent);
+        let req = request(container, pod);
+        tokio::spawn(async move {
+            match verb {
+                Verb::Add => agent.add(req).await.map(drop),
+                Verb::Check => agent.check(req).await.map(drop),
+                Verb::Del => agent.del(req).await,
+            }
+        })
     }
 }
 
@@ -495,6 +512,17 @@ impl Drop for TestAgent {
         self.agent.shutdown.cancel();
     }
 }
+
+/// A verb of the agent, for [`TestAgent::spawn`].
+#[derive(Clone, Copy)]
+pub enum Verb {
+    Add,
+    Check,
+    Del,
+}
+
+/// A verb running as a task; its answer is dropped, its error kept.
+pub type Pending = tokio::task::JoinHandle<Result<(), super::AgentError>>;
 
 /// An ADD/DEL/CHECK request for `container` of pod `default/<pod>`, DHCP with
 /// the stable identity.

@@ -11,7 +11,7 @@ use rtnetlink::packet_route::{
 };
 
 use super::{
-    fakes::{TestAgent, UPLINK_ADDR, request},
+    fakes::{TestAgent, UPLINK_ADDR, Verb, request},
     host_veth_name,
 };
 use crate::dhcp;
@@ -181,56 +181,37 @@ fn endpoint(mac: [u8; 6]) -> EndpointByIf {
 }
 
 #[tokio::test]
-async fn operations_on_one_attachment_are_serialised() {
-    let t = TestAgent::start().await;
-    let (go, waiting) = t.gate("c1");
-    let agent = Arc::clone(&t.agent);
-    let add = tokio::spawn(async move { agent.add(request("c1", "p")).await });
-    waiting.notified().await;
-    let agent = Arc::clone(&t.agent);
-    let mut del = tokio::spawn(async move { agent.del(request("c1", "p")).await });
-    // DEL waits for the ADD in progress …
-    assert!(tokio::time::timeout(SHORT, &mut del).await.is_err());
-    go.add_permits(1);
-    add.await.unwrap().unwrap();
-    // … then removes all it made.
-    del.await.unwrap().unwrap();
-    t.world().assert_empty();
+async fn del_and_check_wait_for_the_add_in_progress() {
+    for verb in [Verb::Del, Verb::Check] {
+        let t = TestAgent::start().await;
+        let (go, add) = t.add_held("c1", "p").await;
+        // Without the attachment lock, DEL would remove a half-made pod and
+        // CHECK would answer from one.
+        let mut waiting = t.spawn(verb, "c1", "p");
+        assert!(tokio::time::timeout(SHORT, &mut waiting).await.is_err());
+        go.add_permits(1);
+        add.await.unwrap().unwrap();
+        waiting.await.unwrap().unwrap();
+        if matches!(verb, Verb::Del) {
+            // It removed all the ADD made.
+            t.world().assert_empty();
+        }
+    }
 }
 
 #[tokio::test]
 async fn operations_on_different_attachments_do_not_wait_for_each_other() {
     let t = TestAgent::start().await;
-    let (go, waiting) = t.gate("c1");
-    let agent = Arc::clone(&t.agent);
-    let add1 = tokio::spawn(async move { agent.add(request("c1", "p1")).await });
-    waiting.notified().await;
-    tokio::time::timeout(Duration::from_secs(5), t.agent.add(request("c2", "p2")))
-        .await
-        .expect("ADD of c2 waited for c1's")
-        .unwrap();
-    tokio::time::timeout(Duration::from_secs(5), t.agent.del(request("c2", "p2")))
-        .await
-        .expect("DEL of c2 waited for c1's ADD")
-        .unwrap();
+    let (go, add1) = t.add_held("c1", "p1").await;
+    for verb in [Verb::Add, Verb::Del] {
+        tokio::time::timeout(Duration::from_secs(5), t.spawn(verb, "c2", "p2"))
+            .await
+            .expect("a verb on c2 waited for c1's ADD")
+            .unwrap()
+            .unwrap();
+    }
     go.add_permits(1);
     add1.await.unwrap().unwrap();
-}
-
-#[tokio::test]
-async fn check_takes_the_attachment_lock() {
-    let t = TestAgent::start().await;
-    let (go, waiting) = t.gate("c1");
-    let agent = Arc::clone(&t.agent);
-    let add = tokio::spawn(async move { agent.add(request("c1", "p")).await });
-    waiting.notified().await;
-    // Without the lock CHECK would answer at once, from a half-made pod.
-    let agent = Arc::clone(&t.agent);
-    let mut check = tokio::spawn(async move { agent.check(request("c1", "p")).await });
-    assert!(tokio::time::timeout(SHORT, &mut check).await.is_err());
-    go.add_permits(1);
-    add.await.unwrap().unwrap();
-    check.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -736,6 +736,27 @@ pub(crate) mod tests {
         )
     }
 
+    /// Asserts that `o` holds each of `want`, as it is.
+    fn assert_holds(o: &dhcproto::v4::DhcpOptions, want: &[DhcpOption]) {
+        for opt in want {
+            let code = OptionCode::from(opt);
+            assert_eq!(o.get(code), Some(opt), "option {code:?} in {o:?}");
+        }
+    }
+
+    /// What every DISCOVER and REQUEST carries from [`identity`] and [`params`].
+    fn identity_options() -> [DhcpOption; 4] {
+        [
+            DhcpOption::ClientIdentifier(CLIENT_ID.to_vec()),
+            DhcpOption::Hostname("web-0".into()),
+            prl(),
+            DhcpOption::MaxMessageSize(1500),
+        ]
+    }
+
+    const OFFERED: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 150);
+    const SERVER: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+
     #[test]
     fn discover_carries_every_option() {
         let extra = vec![
@@ -753,30 +774,14 @@ pub(crate) mod tests {
         assert_eq!(msg.hlen(), 6);
         assert_eq!(msg.ciaddr(), Ipv4Addr::UNSPECIFIED);
         let o = msg.opts();
-        assert_eq!(
-            o.get(OptionCode::MessageType),
-            Some(&DhcpOption::MessageType(MessageType::Discover))
-        );
-        assert_eq!(
-            o.get(OptionCode::ClientIdentifier),
-            Some(&DhcpOption::ClientIdentifier(CLIENT_ID.to_vec()))
-        );
-        assert_eq!(
-            o.get(OptionCode::Hostname),
-            Some(&DhcpOption::Hostname("web-0".into()))
-        );
-        assert_eq!(o.get(OptionCode::ParameterRequestList), Some(&prl()));
-        assert_eq!(
-            o.get(OptionCode::MaxMessageSize),
-            Some(&DhcpOption::MaxMessageSize(1500))
-        );
-        assert_eq!(
-            o.get(OptionCode::ClassIdentifier),
-            Some(&DhcpOption::ClassIdentifier(b"lanlink".to_vec()))
-        );
-        assert_eq!(
-            o.get(OptionCode::UserClass),
-            Some(&DhcpOption::UserClass(vec![4, b'p', b'o', b'd', b's']))
+        assert_eq!(o.msg_type(), Some(MessageType::Discover));
+        assert_holds(o, &identity_options());
+        assert_holds(
+            o,
+            &[
+                DhcpOption::ClassIdentifier(b"lanlink".to_vec()),
+                DhcpOption::UserClass(vec![4, b'p', b'o', b'd', b's']),
+            ],
         );
         assert!(!o.contains(OptionCode::RequestedIpAddress));
         assert!(!o.contains(OptionCode::ServerIdentifier));
@@ -786,8 +791,8 @@ pub(crate) mod tests {
     #[test]
     fn selecting_request_carries_requested_address_and_server() {
         let kind = Outgoing::RequestSelecting {
-            requested: Ipv4Addr::new(198, 18, 0, 150),
-            server_id: Ipv4Addr::new(198, 18, 0, 1),
+            requested: OFFERED,
+            server_id: SERVER,
         };
         let mut p = params();
         p.broadcast = false;
@@ -796,29 +801,14 @@ pub(crate) mod tests {
         assert_eq!(msg.ciaddr(), Ipv4Addr::UNSPECIFIED);
         let o = msg.opts();
         assert_eq!(o.msg_type(), Some(MessageType::Request));
-        assert_eq!(
-            o.get(OptionCode::RequestedIpAddress),
-            Some(&DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-                198, 18, 0, 150
-            )))
+        assert_holds(
+            o,
+            &[
+                DhcpOption::RequestedIpAddress(OFFERED),
+                DhcpOption::ServerIdentifier(SERVER),
+            ],
         );
-        assert_eq!(
-            o.get(OptionCode::ServerIdentifier),
-            Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(198, 18, 0, 1)))
-        );
-        assert_eq!(
-            o.get(OptionCode::ClientIdentifier),
-            Some(&DhcpOption::ClientIdentifier(CLIENT_ID.to_vec()))
-        );
-        assert_eq!(
-            o.get(OptionCode::Hostname),
-            Some(&DhcpOption::Hostname("web-0".into()))
-        );
-        assert_eq!(o.get(OptionCode::ParameterRequestList), Some(&prl()));
-        assert_eq!(
-            o.get(OptionCode::MaxMessageSize),
-            Some(&DhcpOption::MaxMessageSize(1500))
-        );
+        assert_holds(o, &identity_options());
         assert_eq!(o.len(), 7);
     }
 
@@ -864,8 +854,8 @@ pub(crate) mod tests {
     #[test]
     fn decline_carries_requested_address_server_and_client_id_only() {
         let kind = Outgoing::Decline {
-            requested: Ipv4Addr::new(198, 18, 0, 150),
-            server_id: Ipv4Addr::new(198, 18, 0, 1),
+            requested: OFFERED,
+            server_id: SERVER,
         };
         let extra = vec![(60u8, b"x".to_vec())];
         let msg = decode(&build_message(&identity(&extra), &params(), kind).unwrap());
@@ -873,15 +863,12 @@ pub(crate) mod tests {
         assert!(!msg.flags().broadcast(), "no reply comes to a decline");
         let o = msg.opts();
         assert_eq!(o.msg_type(), Some(MessageType::Decline));
-        assert_eq!(
-            o.get(OptionCode::RequestedIpAddress),
-            Some(&DhcpOption::RequestedIpAddress(Ipv4Addr::new(
-                198, 18, 0, 150
-            )))
-        );
-        assert_eq!(
-            o.get(OptionCode::ServerIdentifier),
-            Some(&DhcpOption::ServerIdentifier(Ipv4Addr::new(198, 18, 0, 1)))
+        assert_holds(
+            o,
+            &[
+                DhcpOption::RequestedIpAddress(OFFERED),
+                DhcpOption::ServerIdentifier(SERVER),
+            ],
         );
         assert!(o.contains(OptionCode::ClientIdentifier));
         assert_eq!(o.len(), 4, "unexpected options: {o:?}");
