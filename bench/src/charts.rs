@@ -92,47 +92,38 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
             .collect()
     };
 
+    let panel = |title, unit, key, scale| (title, unit, datapath(key, scale));
     // The datapath charts: file, size, panels (title, unit, bars).
     let datapath_charts = [
         (
             FILES[0],
             (1400, 520),
             vec![
-                (
-                    "TCP pod → LAN host",
-                    "Gbit/s",
-                    datapath(report::TCP_POD_LAN, 1.0),
-                ),
-                (
+                panel("TCP pod → LAN host", "Gbit/s", report::TCP_POD_LAN, 1.0),
+                panel(
                     "TCP pod → pod (same node)",
                     "Gbit/s",
-                    datapath(report::TCP_POD_POD, 1.0),
+                    report::TCP_POD_POD,
+                    1.0,
                 ),
             ],
         ),
         (
             FILES[1],
             (800, 520),
-            vec![(
+            vec![panel(
                 "UDP 64-byte frames pod → LAN host",
                 "Mpps delivered",
-                datapath(report::UDP_PPS, 1e-6),
+                report::UDP_PPS,
+                1e-6,
             )],
         ),
         (
             FILES[2],
             (1400, 520),
             vec![
-                (
-                    "1-byte TCP request/response p50",
-                    "µs",
-                    datapath(report::RR_P50, 1.0),
-                ),
-                (
-                    "1-byte TCP request/response p99",
-                    "µs",
-                    datapath(report::RR_P99, 1.0),
-                ),
+                panel("1-byte TCP request/response p50", "µs", report::RR_P50, 1.0),
+                panel("1-byte TCP request/response p99", "µs", report::RR_P99, 1.0),
             ],
         ),
     ];
@@ -189,21 +180,12 @@ fn scaled(s: &Summary, k: f64) -> Summary {
 }
 
 /// One PNG with one bar chart per panel, side by side.
-fn draw_panels(
-    path: &Path,
-    size: (u32, u32),
-    panels: &[(&str, &str, Vec<Bar>)],
-    log: bool,
-) -> Result<()> {
+fn draw_panels(path: &Path, size: (u32, u32), panels: &[Panel], log: bool) -> Result<()> {
     let root = BitMapBackend::new(path, size).into_drawing_area();
     root.fill(&WHITE).map_err(plot_err)?;
     let areas = root.split_evenly((1, panels.len().max(1)));
-    for ((title, unit, bars), area) in panels.iter().zip(areas.iter()) {
-        if log {
-            bar_chart_log(area, title, unit, bars)?;
-        } else {
-            bar_chart(area, title, unit, bars)?;
-        }
+    for (panel, area) in panels.iter().zip(areas.iter()) {
+        bar_chart(area, panel, log)?;
     }
     root.present()
         .map_err(plot_err)
@@ -214,53 +196,50 @@ fn plot_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("plotters: {e:?}")
 }
 
-fn bar_chart(
-    area: &DrawingArea<BitMapBackend<'_>, Shift>,
+/// A chart on `area` with the house frame: `title` on top, `x_labels`
+/// pixels of labels below, 64 to the left.
+fn framed<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, Shift>,
     title: &str,
-    unit: &str,
-    bars: &[Bar],
-) -> Result<()> {
-    // Integer ranges are inclusive: 0..n-1 gives exactly one segment per bar.
-    let last = bars.len().saturating_sub(1) as i32;
-    let top = bars
-        .iter()
-        .map(|b| b.summary.max)
-        .fold(0.0, f64::max)
-        .max(1e-9)
-        * 1.15;
-    let mut chart = ChartBuilder::on(area)
+    x_labels: u32,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
         .caption(title, (FAMILY, 22))
         .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d((0..last).into_segmented(), 0f64..top)
-        .map_err(plot_err)?;
-    draw_bars(&mut chart, unit, bars, 0.0)
+        .x_label_area_size(x_labels)
+        .y_label_area_size(64);
+    builder
 }
 
-fn bar_chart_log(
+/// A panel of a chart: title, unit, bars.
+type Panel<'a> = (&'a str, &'a str, Vec<Bar>);
+
+/// Bars on `area`, on a linear axis from 0 or, with `log`, a log axis.
+fn bar_chart(
     area: &DrawingArea<BitMapBackend<'_>, Shift>,
-    title: &str,
-    unit: &str,
-    bars: &[Bar],
+    (title, unit, bars): &Panel,
+    log: bool,
 ) -> Result<()> {
     // Integer ranges are inclusive: 0..n-1 gives exactly one segment per bar.
-    let last = bars.len().saturating_sub(1) as i32;
-    let top = bars.iter().map(|b| b.summary.max).fold(1.0, f64::max) * 3.0;
-    let bottom = bars
-        .iter()
-        .map(|b| b.summary.min)
-        .fold(f64::INFINITY, f64::min)
-        .clamp(0.1, 1.0)
-        / 2.0;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, (FAMILY, 22))
-        .margin(12)
-        .x_label_area_size(36)
-        .y_label_area_size(64)
-        .build_cartesian_2d((0..last).into_segmented(), (bottom..top).log_scale())
-        .map_err(plot_err)?;
-    draw_bars(&mut chart, unit, bars, bottom)
+    let x = (0..bars.len().saturating_sub(1) as i32).into_segmented();
+    let max = bars.iter().map(|b| b.summary.max).fold(0.0, f64::max);
+    let builder = &mut framed(area, title, 36);
+    if log {
+        let bottom = bars
+            .iter()
+            .map(|b| b.summary.min)
+            .fold(f64::INFINITY, f64::min)
+            .clamp(0.1, 1.0)
+            / 2.0;
+        let y = (bottom..max.max(1.0) * 3.0).log_scale();
+        let mut chart = builder.build_cartesian_2d(x, y).map_err(plot_err)?;
+        draw_bars(&mut chart, unit, bars, bottom)
+    } else {
+        let y = 0f64..max.max(1e-9) * 1.15;
+        let mut chart = builder.build_cartesian_2d(x, y).map_err(plot_err)?;
+        draw_bars(&mut chart, unit, bars, 0.0)
+    }
 }
 
 fn segment_label(labels: &[String], v: &SegmentValue<i32>) -> String {
@@ -372,11 +351,7 @@ fn draw_scale(path: &Path, results: &Results) -> Result<()> {
             .fold(0.0, f64::max)
             .max(1e-9)
             * 1.2;
-        let mut chart = ChartBuilder::on(area)
-            .caption(title, (FAMILY, 22))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(64)
+        let mut chart = framed(area, title, 40)
             .build_cartesian_2d(0f64..max_pods * 1.05 + 1.0, 0f64..top)
             .map_err(plot_err)?;
         chart

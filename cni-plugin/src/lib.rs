@@ -59,6 +59,15 @@ fn require_version(conf: &NetConf, command: Command, minimum: CniVersion) -> Res
     Ok(())
 }
 
+/// Asks the agent at `conf`'s socket with `call`, serving `command`.
+fn ask<T>(
+    conf: &NetConf,
+    command: Command,
+    call: impl FnOnce(&AgentClient) -> Result<T, lanlink_api::client::ClientError>,
+) -> Result<T, CniError> {
+    call(&AgentClient::new(&conf.socket_path)).map_err(|source| CniError::Agent { command, source })
+}
+
 /// ADD: the agent creates the veth, leases an address and writes routes; the
 /// answer is printed as a CNI result of the netconf's version, appended to
 /// `prevResult` when chained (see [`result`]). Undoing partial work on failure
@@ -67,12 +76,7 @@ fn require_version(conf: &NetConf, command: Command, minimum: CniVersion) -> Res
 pub fn cmd_add(args: &CmdArgs) -> Result<Value, CniError> {
     let conf = args.netconf()?;
     let request = conf.attachment_request(&args.env);
-    let answer = AgentClient::new(&conf.socket_path)
-        .add(&request)
-        .map_err(|source| CniError::Agent {
-            command: Command::Add,
-            source,
-        })?;
+    let answer = ask(&conf, Command::Add, |agent| agent.add(&request))?;
     Ok(result::to_cni_result(
         &answer,
         conf.cni_version,
@@ -91,12 +95,7 @@ pub fn cmd_add(args: &CmdArgs) -> Result<Value, CniError> {
 pub fn cmd_del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = args.netconf()?;
     let request = conf.attachment_request(&args.env);
-    AgentClient::new(&conf.socket_path)
-        .del(&request)
-        .map_err(|source| CniError::Agent {
-            command: Command::Del,
-            source,
-        })
+    ask(&conf, Command::Del, |agent| agent.del(&request))
 }
 
 /// CHECK (0.4.0 and later): the agent verifies the veth, address, routes, map
@@ -115,12 +114,7 @@ pub fn cmd_check(args: &CmdArgs) -> Result<(), CniError> {
         .as_ref()
         .ok_or_else(|| NetConfError::invalid("prevResult", "required for CHECK"))?;
     let request = conf.attachment_request(&args.env);
-    let answer = AgentClient::new(&conf.socket_path)
-        .check(&request)
-        .map_err(|source| CniError::Agent {
-            command: Command::Check,
-            source,
-        })?;
+    let answer = ask(&conf, Command::Check, |agent| agent.check(&request))?;
     for interface in answer.interfaces.iter().filter(|i| i.sandbox.is_some()) {
         if !prev.has_interface(interface) {
             return Err(CniError::CheckMismatch {
@@ -146,12 +140,7 @@ pub fn cmd_check(args: &CmdArgs) -> Result<(), CniError> {
 pub fn cmd_status(args: &CmdArgs) -> Result<(), CniError> {
     let conf = args.netconf()?;
     require_version(&conf, Command::Status, CniVersion::V1_1_0)?;
-    let status = AgentClient::new(&conf.socket_path)
-        .status()
-        .map_err(|source| CniError::Agent {
-            command: Command::Status,
-            source,
-        })?;
+    let status = ask(&conf, Command::Status, AgentClient::status)?;
     if !status.ready {
         return Err(CniError::NotReady {
             reason: status.reason.unwrap_or_else(|| "no reason given".into()),
@@ -173,12 +162,7 @@ pub fn cmd_gc(args: &CmdArgs) -> Result<(), CniError> {
         network: conf.name.clone(),
         valid_attachments,
     };
-    AgentClient::new(&conf.socket_path)
-        .gc(&request)
-        .map_err(|source| CniError::Agent {
-            command: Command::Gc,
-            source,
-        })?;
+    ask(&conf, Command::Gc, |agent| agent.gc(&request))?;
     Ok(())
 }
 

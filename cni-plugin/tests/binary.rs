@@ -17,12 +17,12 @@ fn run(vars: &[(&str, &str)], stdin: &str) -> (Output, Value) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn lanlink");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
+    // VERSION and a missing verb do not read stdin: the plugin may be gone
+    // before the write (a runtime ignores that EPIPE too, as Go's os/exec does).
+    match child.stdin.take().unwrap().write_all(stdin.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => panic!("write stdin: {e}"),
+        _ => {}
+    }
     let output = child.wait_with_output().unwrap();
     let value = if output.stdout.is_empty() {
         Value::Null

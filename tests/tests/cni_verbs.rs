@@ -287,14 +287,7 @@ fn verbs_with_the_agent_stopped() -> Result<()> {
         &with(conf.clone(), "prevResult", pod.result.clone()),
     )?
     .error(11, "agent not reachable")?;
-    verb(
-        &lab,
-        "GC",
-        "x",
-        None,
-        &with(conf.clone(), "cni.dev/valid-attachments", json!([])),
-    )?
-    .error(11, "agent not reachable")?;
+    gc(&lab, &conf, json!([]))?.error(11, "agent not reachable")?;
     // Forwarding goes on without the agent.
     let p = ping(&pod.ns, ROUTER, 3, Duration::from_secs(5))?;
     ensure!(
@@ -332,15 +325,9 @@ fn gc_removes_every_attachment_not_listed() -> Result<()> {
         // Listed but on another interface: not valid.
         {"containerID": stale2.id, "ifname": "net1"},
     ]);
-    verb(
-        &lab,
-        "GC",
-        "x",
-        None,
-        &with(conf.clone(), "cni.dev/valid-attachments", valid),
-    )?
-    .ok_silent()
-    .with_context(|| format!("GC; agent log:\n{}", lab.agent.log()))?;
+    gc(&lab, &conf, valid)?
+        .ok_silent()
+        .with_context(|| format!("GC; agent log:\n{}", lab.agent.log()))?;
     assert_gone(&lab, &stale1)?;
     assert_gone(&lab, &stale2)?;
     // The valid one and the other network's are untouched, and still work.
@@ -362,14 +349,7 @@ fn gc_removes_every_attachment_not_listed() -> Result<()> {
     // DEL after GC succeeds (nothing left to do).
     verb(&lab, "DEL", &stale1.id, Some(stale1.ns.path()), &conf)?.ok_silent()?;
     // An empty list removes the rest of this network, not the other one's.
-    verb(
-        &lab,
-        "GC",
-        "x",
-        None,
-        &with(conf.clone(), "cni.dev/valid-attachments", json!([])),
-    )?
-    .ok_silent()?;
+    gc(&lab, &conf, json!([]))?.ok_silent()?;
     assert_gone(&lab, &keep)?;
     ensure!(host_veths(&lab.node)? == std::slice::from_ref(&elsewhere.host_veth));
     verb(

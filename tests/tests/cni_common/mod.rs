@@ -143,6 +143,17 @@ pub fn verb(
     )
 }
 
+/// Runs lanlink's GC for `conf` with `valid` as `cni.dev/valid-attachments`.
+pub fn gc(lab: &Lab, conf: &Value, valid: Value) -> Result<Out> {
+    verb(
+        lab,
+        "GC",
+        "x",
+        None,
+        &with(conf.clone(), "cni.dev/valid-attachments", valid),
+    )
+}
+
 /// The lab netconf in CNI `version`.
 pub fn netconf(lab: &Lab, version: &str) -> Value {
     PodNet::primary().version(version).netconf(&lab.agent)

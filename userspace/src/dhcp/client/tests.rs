@@ -5,6 +5,7 @@ use crate::dhcp::wire::tests::{SERVER_MAC, encode_msg, full_ack};
 use dhcproto::v4::{DhcpOption, Message, Opcode};
 use dhcproto::{Decodable, Decoder};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use tokio::task::JoinHandle;
 
 const SERVER_IP: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
 
@@ -66,7 +67,7 @@ fn reply_frame(to: &Message, msg_type: MessageType, unicast: bool, shift: usize)
 fn spawn_server(
     peer: std::os::unix::net::UnixDatagram,
     behaviour: Arc<Behaviour>,
-) -> (tokio::task::JoinHandle<()>, Arc<Mutex<Vec<Seen>>>) {
+) -> (JoinHandle<()>, SeenLog) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     peer.set_nonblocking(true).unwrap();
@@ -137,25 +138,33 @@ fn spawn_server(
     (task, seen)
 }
 
-fn test_client(
-    behaviour: Behaviour,
-) -> (
-    DhcpClient,
-    tokio::task::JoinHandle<()>,
-    Arc<Mutex<Vec<Seen>>>,
-) {
-    test_client_with(behaviour, Vec::new())
+/// A client, its fake server's task, and what that server saw.
+type TestClient = (DhcpClient, JoinHandle<()>, SeenLog);
+/// What the fake server saw, in order.
+type SeenLog = Arc<Mutex<Vec<Seen>>>;
+
+fn test_client(behaviour: Behaviour) -> TestClient {
+    test_client_with(Arc::new(behaviour), Vec::new())
+}
+
+/// A client of pod 5 whose ARP probe finds the first address offered
+/// taken, and that address.
+fn first_offer_taken() -> (Ipv4Addr, DhcpClient, JoinHandle<()>, SeenLog) {
+    let first = offered_address(&[0, 0, 0, 0, 0, 5]);
+    let (client, server, seen) = test_client_with(Arc::default(), vec![first]);
+    (first, client, server, seen)
+}
+
+/// The types of the messages the server saw, in order.
+fn message_types(seen: &Mutex<Vec<Seen>>) -> Vec<MessageType> {
+    let seen = seen.lock().unwrap();
+    seen.iter()
+        .map(|s| s.msg.opts().msg_type().expect("a DHCP message type"))
+        .collect()
 }
 
 /// A client whose ARP probes find `in_use` taken.
-fn test_client_with(
-    behaviour: Behaviour,
-    in_use: Vec<Ipv4Addr>,
-) -> (
-    DhcpClient,
-    tokio::task::JoinHandle<()>,
-    Arc<Mutex<Vec<Seen>>>,
-) {
+fn test_client_with(behaviour: Arc<Behaviour>, in_use: Vec<Ipv4Addr>) -> TestClient {
     let (socket, peer) = PacketSocket::pair().unwrap();
     let config = DhcpConfig {
         initial_retransmit: Duration::from_millis(50),
@@ -169,7 +178,7 @@ fn test_client_with(
         config,
         Prober::InUse(in_use),
     );
-    let (task, seen) = spawn_server(peer, Arc::new(behaviour));
+    let (task, seen) = spawn_server(peer, behaviour);
     (client, task, seen)
 }
 
@@ -294,19 +303,7 @@ async fn silence_times_out_with_context_and_backoff() {
 #[tokio::test]
 async fn renew_rebind_and_release_frames() {
     let behaviour = Arc::new(Behaviour::default());
-    let (socket, peer) = PacketSocket::pair().unwrap();
-    let config = DhcpConfig {
-        initial_retransmit: Duration::from_millis(50),
-        ..DhcpConfig::default()
-    };
-    let client = DhcpClient::from_socket(
-        &tokio::runtime::Handle::current(),
-        socket,
-        "test0",
-        config,
-        Prober::InUse(Vec::new()),
-    );
-    let (server, seen) = spawn_server(peer, Arc::clone(&behaviour));
+    let (client, server, seen) = test_client_with(Arc::clone(&behaviour), Vec::new());
     let lease = client.acquire(&request(3)).await.unwrap();
     seen.lock().unwrap().clear();
 
@@ -387,27 +384,19 @@ async fn renew_rebind_and_release_frames() {
 
 #[tokio::test]
 async fn an_address_in_use_is_declined_and_another_acquired() {
-    let first = offered_address(&[0, 0, 0, 0, 0, 5]);
-    let (client, server, seen) = test_client_with(Behaviour::default(), vec![first]);
+    let (first, client, server, seen) = first_offer_taken();
     let lease = client.acquire(&request(5)).await.unwrap();
     let second = Ipv4Addr::from(u32::from(first) + 50);
     assert_eq!(
         lease.address, second,
         "the declined address must not be used"
     );
-    let seen = seen.lock().unwrap().clone();
-    let types: Vec<_> = seen.iter().map(|s| s.msg.opts().msg_type()).collect();
+    use MessageType::{Decline, Discover, Request};
     assert_eq!(
-        types,
-        [
-            MessageType::Discover,
-            MessageType::Request,
-            MessageType::Decline,
-            MessageType::Discover,
-            MessageType::Request
-        ]
-        .map(Some),
+        message_types(&seen),
+        [Discover, Request, Decline, Discover, Request]
     );
+    let seen = seen.lock().unwrap().clone();
     let decline = &seen[2];
     assert_eq!(
         decline
@@ -432,23 +421,16 @@ async fn an_address_in_use_is_declined_and_another_acquired() {
 
 #[tokio::test]
 async fn without_a_probe_the_acknowledged_address_is_used_as_is() {
-    let first = offered_address(&[0, 0, 0, 0, 0, 5]);
-    let (client, server, seen) = test_client_with(Behaviour::default(), vec![first]);
+    let (first, client, server, seen) = first_offer_taken();
     let req = LeaseRequest {
         arp_probe: None,
         ..request(5)
     };
     let lease = client.acquire(&req).await.unwrap();
     assert_eq!(lease.address, first, "no probe, so nothing to decline");
-    let types: Vec<_> = seen
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|s| s.msg.opts().msg_type())
-        .collect();
     assert_eq!(
-        types,
-        [MessageType::Discover, MessageType::Request].map(Some)
+        message_types(&seen),
+        [MessageType::Discover, MessageType::Request]
     );
     assert_eq!(client.stats().sent_decline, 0);
     server.abort();
@@ -461,7 +443,7 @@ async fn a_server_that_only_offers_used_addresses_is_given_up() {
     let taken: Vec<Ipv4Addr> = (0..3)
         .map(|i| Ipv4Addr::new(198, 18, 0, 106 + 50 * i))
         .collect();
-    let (client, server, _seen) = test_client_with(Behaviour::default(), taken);
+    let (client, server, _seen) = test_client_with(Arc::default(), taken);
     let err = client.acquire(&request(6)).await.unwrap_err();
     let msg = err.to_string();
     assert!(
