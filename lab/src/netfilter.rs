@@ -291,13 +291,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn local_policy_dnats_without_masquerade() {
+    /// The rules of kube-proxy for the cluster 198.18.0.0/24 with one
+    /// service of `policy`.
+    fn rules_for(policy: TrafficPolicy) -> String {
         let kp = KubeProxy {
             cluster_cidr: "198.18.0.0/24".into(),
-            services: vec![svc(TrafficPolicy::Local)],
+            services: vec![svc(policy)],
         };
-        let rules = kp.rules();
+        kp.rules()
+    }
+
+    #[test]
+    fn local_policy_dnats_without_masquerade() {
+        let rules = rules_for(TrafficPolicy::Local);
         let ext: Vec<&str> = rules
             .lines()
             .filter(|l| l.starts_with("-A KUBE-EXT-"))
@@ -318,11 +324,7 @@ mod tests {
 
     #[test]
     fn cluster_policy_marks_for_masquerade() {
-        let kp = KubeProxy {
-            cluster_cidr: "198.18.0.0/24".into(),
-            services: vec![svc(TrafficPolicy::Cluster)],
-        };
-        let rules = kp.rules();
+        let rules = rules_for(TrafficPolicy::Cluster);
         assert!(rules.lines().any(|l| l.starts_with("-A KUBE-EXT-")
             && l.ends_with("-j KUBE-MARK-MASQ")
             && !l.contains("src-type")));
@@ -331,11 +333,10 @@ mod tests {
 
     #[test]
     fn chain_names_fit_iptables() {
-        let kp = KubeProxy {
-            cluster_cidr: "198.18.0.0/24".into(),
-            services: vec![svc(TrafficPolicy::Local)],
-        };
-        for l in kp.rules().lines().filter(|l| l.starts_with(':')) {
+        for l in rules_for(TrafficPolicy::Local)
+            .lines()
+            .filter(|l| l.starts_with(':'))
+        {
             let name = l[1..].split_whitespace().next().unwrap();
             assert!(name.len() <= 28, "{name}");
         }

@@ -5,7 +5,7 @@
 //! `lab-net` is a binary of this package; scenarios find it with
 //! [`crate::tool`] and pass its path, the functions here do not guess it.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -128,46 +128,41 @@ pub fn run(ns: &NetNs, bin: &Path, args: &[&str], timeout: Duration) -> Result<S
         .with_context(|| format!("lab-net {} in {}", args.join(" "), ns.name()))
 }
 
-/// `lab-net tcp-serve` in `server` on `port`, for at most `timeout_ms`.
-fn tcp_serve(bin: &Path, server: &NetNs, port: u16, timeout_ms: &str) -> Result<Tool> {
-    Tool::spawn(
-        server,
-        bin,
-        &[
-            "tcp-serve",
-            "--port",
-            &port.to_string(),
-            "--timeout-ms",
-            timeout_ms,
-        ],
-    )
+/// Timeouts of one [`tcp_session`]: the server's and the client's own (ms),
+/// and the wall limit for each.
+struct Timeouts {
+    serve_ms: &'static str,
+    connect_ms: &'static str,
+    limit: Duration,
 }
 
-/// `lab-net tcp-connect` from `client` to `to` with `payload` (`--text t`
-/// or `--bytes n`), for at most `timeout_ms`, killed after `limit`.
-fn tcp_connect(
+/// `lab-net tcp-serve` in `server` on `port`, then one `tcp-connect` from
+/// `client` to `to` with `payload` (`--text t` or `--bytes n`): the
+/// client's output, and what the server got.
+fn tcp_session(
     bin: &Path,
-    client: &NetNs,
-    to: &str,
+    (server, client): (&NetNs, &NetNs),
+    to: SocketAddrV4,
     payload: [&str; 2],
-    timeout_ms: &str,
-    limit: Duration,
-) -> Result<String> {
+    t: Timeouts,
+) -> Result<(Result<String>, Vec<Got>)> {
+    let port = to.port().to_string();
+    let serve = ["tcp-serve", "--port", &port, "--timeout-ms", t.serve_ms];
+    let srv = Tool::spawn(server, bin, &serve)?;
+    let to = to.to_string();
     let [flag, value] = payload;
-    run(
-        client,
-        bin,
-        &[
-            "tcp-connect",
-            "--to",
-            to,
-            flag,
-            value,
-            "--timeout-ms",
-            timeout_ms,
-        ],
-        limit,
-    )
+    let connect = [
+        "tcp-connect",
+        "--to",
+        &to,
+        flag,
+        value,
+        "--timeout-ms",
+        t.connect_ms,
+    ];
+    let reply = run(client, bin, &connect, t.limit);
+    let got = srv.finish(t.limit)?;
+    Ok((reply, got))
 }
 
 /// A TCP exchange: `lab-net tcp-serve` in `server` on `port`, then
@@ -181,17 +176,13 @@ pub fn tcp_exchange(
     port: u16,
     text: &str,
 ) -> Result<()> {
-    let srv = tcp_serve(bin, server, port, "8000")?;
-    let to = format!("{ip}:{port}");
-    let reply = tcp_connect(
-        bin,
-        client,
-        &to,
-        ["--text", text],
-        "5000",
-        Duration::from_secs(10),
-    );
-    let got = srv.finish(Duration::from_secs(10))?;
+    let to = SocketAddrV4::new(ip, port);
+    let t = Timeouts {
+        serve_ms: "8000",
+        connect_ms: "5000",
+        limit: Duration::from_secs(10),
+    };
+    let (reply, got) = tcp_session(bin, (server, client), to, ["--text", text], t)?;
     let reply = reply.with_context(|| format!("TCP {} → {to}", client.name()))?;
     if !got.iter().any(|g| g.data == text.as_bytes()) {
         bail!(
@@ -217,17 +208,14 @@ pub fn tcp_bulk(
     port: u16,
     bytes: usize,
 ) -> Result<()> {
-    let srv = tcp_serve(bin, server, port, "10000")?;
-    let to = format!("{ip}:{port}");
-    let reply = tcp_connect(
-        bin,
-        client,
-        &to,
-        ["--bytes", &bytes.to_string()],
-        "8000",
-        Duration::from_secs(12),
-    );
-    let got = srv.finish(Duration::from_secs(12))?;
+    let to = SocketAddrV4::new(ip, port);
+    let t = Timeouts {
+        serve_ms: "10000",
+        connect_ms: "8000",
+        limit: Duration::from_secs(12),
+    };
+    let payload = ["--bytes", &bytes.to_string()];
+    let (reply, got) = tcp_session(bin, (server, client), to, payload, t)?;
     reply.with_context(|| format!("bulk TCP {} → {to}; server: {got:?}", client.name()))?;
     Ok(())
 }

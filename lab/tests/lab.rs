@@ -29,11 +29,17 @@ fn assert_gone(names: &[String]) {
     assert!(left.is_empty(), "namespaces left behind: {left:?}");
 }
 
+/// A default LAN with one node on it, `node` at [`NODE_IP`].
+fn lan_and_node() -> (Lan, Node) {
+    let lan = Lan::new(LanOptions::default()).unwrap();
+    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    (lan, node)
+}
+
 #[test]
 fn node_reaches_the_router() {
     require_root();
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (_lan, node) = lan_and_node();
     let stats = ping(node.ns(), ROUTER, 3, Duration::from_secs(5)).unwrap();
     assert!(stats.all_received(), "{stats:?}");
     assert!(stats.rtt_avg_ms.is_some());
@@ -42,8 +48,7 @@ fn node_reaches_the_router() {
 #[test]
 fn lan_host_pings_a_node() {
     require_root();
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (lan, node) = lan_and_node();
     let host = lan.add_host("host", HOST_IP).unwrap();
     let stats = ping(host.ns(), node.ip(), 3, Duration::from_secs(5)).unwrap();
     assert!(stats.all_received(), "{stats:?}");
@@ -96,8 +101,7 @@ fn dnsmasq_leases_to_a_dhcp_client() {
 #[test]
 fn dropping_the_lab_removes_everything() {
     require_root();
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (lan, node) = lan_and_node();
     let host = lan.add_host("host", HOST_IP).unwrap();
     let pod = node.pod_netns("pod").unwrap();
     let names: Vec<String> = [lan.ns().name(), node.name(), host.ns().name(), pod.name()]
@@ -138,8 +142,7 @@ fn a_panic_still_removes_the_lab() {
     require_root();
     let (tx, rx) = std::sync::mpsc::channel();
     let result = std::thread::spawn(move || {
-        let lan = Lan::new(LanOptions::default()).unwrap();
-        let node = Node::new(&lan, "node", NODE_IP).unwrap();
+        let (lan, node) = lan_and_node();
         tx.send((
             vec![lan.ns().name().to_owned(), node.name().to_owned()],
             lan.dir().to_owned(),
@@ -201,8 +204,7 @@ fn signal_helper() {
     if std::env::var_os("LL_SIGNAL_HELPER").is_none() {
         return;
     }
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (lan, node) = lan_and_node();
     println!(
         "NAMES {} {} {}",
         lan.ns().name(),
@@ -264,8 +266,7 @@ fn a_signal_removes_the_lab() {
 #[test]
 fn agent_guard_starts_restarts_and_cleans_up() {
     require_root();
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (_lan, node) = lan_and_node();
     let opts = AgentOptions {
         program: Some(PathBuf::from(env!("CARGO_BIN_EXE_lab-fake-agent"))),
         ..AgentOptions::default()
@@ -299,8 +300,7 @@ fn agent_guard_starts_restarts_and_cleans_up() {
 #[test]
 fn agent_start_reports_a_missing_binary() {
     require_root();
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (_lan, node) = lan_and_node();
     let opts = AgentOptions {
         bin_dir: PathBuf::from("/nonexistent"),
         ..AgentOptions::default()
@@ -313,8 +313,7 @@ fn agent_start_reports_a_missing_binary() {
 fn cni_runs_in_the_runtime_namespace() {
     require_root();
     use std::os::unix::fs::PermissionsExt;
-    let lan = Lan::new(LanOptions::default()).unwrap();
-    let node = Node::new(&lan, "node", NODE_IP).unwrap();
+    let (_lan, node) = lan_and_node();
     let pod = node.pod_netns("pod").unwrap();
     // A stand-in plugin that reports the runtime's addresses and its env.
     let dir = tempfile::Builder::new()

@@ -34,16 +34,8 @@ pub fn stable_identity(namespace: &str, pod: &str, ifname: &str) -> ([u8; 6], Ve
         h.update(part.as_bytes());
     }
     let digest: [u8; 32] = h.finalize().into();
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&digest[..6]);
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&digest[10..26]);
     // RFC 9562 version 8 (custom) UUID.
-    uuid[6] = (uuid[6] & 0x0f) | 0x80;
-    (
-        local_unicast(mac),
-        client_id(digest[6..10].try_into().unwrap_or_default(), uuid),
-    )
+    identity_from(&digest, 8)
 }
 
 /// A fresh random MAC (locally administered unicast) and client identifier
@@ -51,11 +43,15 @@ pub fn stable_identity(namespace: &str, pod: &str, ifname: &str) -> ([u8; 6], Ve
 pub fn random_identity() -> ([u8; 6], Vec<u8>) {
     let mut bytes = [0u8; 26];
     rand::fill(&mut bytes[..]);
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&bytes[..6]);
-    let mut uuid = [0u8; 16];
-    uuid.copy_from_slice(&bytes[10..26]);
-    uuid[6] = (uuid[6] & 0x0f) | 0x40;
+    identity_from(&bytes, 4)
+}
+
+/// The MAC (bytes 0–5), and the client identifier with IAID bytes 6–9 and a
+/// UUID of `version` from bytes 10–25, of `bytes`.
+fn identity_from(bytes: &[u8], version: u8) -> ([u8; 6], Vec<u8>) {
+    let mac: [u8; 6] = bytes[..6].try_into().unwrap_or_default();
+    let mut uuid: [u8; 16] = bytes[10..26].try_into().unwrap_or_default();
+    uuid[6] = (uuid[6] & 0x0f) | (version << 4);
     (
         local_unicast(mac),
         client_id(bytes[6..10].try_into().unwrap_or_default(), uuid),
