@@ -305,6 +305,10 @@ pub struct StatusResponse {
     pub endpoints: usize,
     /// Whether the programs were adopted from a previous run rather than loaded.
     pub adopted: bool,
+    /// How the programs are attached: `tcx` or `tc` (clsact; absent from
+    /// agents before the choice existed).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub attach: String,
 }
 
 /// Error body of every non-2xx answer.

@@ -229,6 +229,7 @@ async fn status(State(state): State<Shared>) -> Json<StatusResponse> {
         pin_dir: "/sys/fs/bpf/lanlink/test".into(),
         endpoints: state.attachments.len(),
         adopted: false,
+        attach: "tcx".into(),
     })
 }
 

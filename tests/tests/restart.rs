@@ -187,3 +187,118 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     );
     Ok(())
 }
+
+/// The direct-action cls_bpf filters on `dev` (`tc filter show …
+/// ingress|egress`): lanlink's, the only ones in the lab.
+fn tc_filters(node: &lanlink_lab::Node, dev: &str, dir: &str) -> Result<Vec<String>> {
+    let out = node
+        .ns()
+        .run_ok(&["tc", "filter", "show", "dev", dev, dir])?;
+    Ok(out
+        .lines()
+        .filter(|l| l.contains(" bpf ") && l.contains("direct-action"))
+        .map(str::to_owned)
+        .collect())
+}
+
+/// The agent's `status --json`.
+fn status(agent: &lanlink_lab::Agent) -> Result<Value> {
+    let out = lanlink_lab::cmd::run_ok(
+        std::process::Command::new(lanlink_lab::bin_dir().join("lanlinkd"))
+            .args(["status", "--json", "--socket"])
+            .arg(agent.socket()),
+        lanlink_lab::cmd::SHORT,
+    )?;
+    Ok(serde_json::from_str(&out)?)
+}
+
+/// Issue 13: with `--attach tc` the programs run as clsact filters (kernels
+/// without TCX), forwarding works, and an agent restarted with the other
+/// backend takes over without losing a ping, tc → tcx → tc, leaving none
+/// of the old attachments behind. DEL removes the pod's filters.
+#[test]
+fn legacy_tc_attach_forwards_and_switching_backend_loses_nothing() -> Result<()> {
+    lanlink_lab::require_root();
+    let tc = |mode: &str| vec!["--attach".to_owned(), mode.to_owned()];
+    let opts = lanlink_lab::AgentOptions {
+        extra_args: tc("tc"),
+        ..lanlink_lab::AgentOptions::default()
+    };
+    let mut lab = OneNode::start_with(lanlink_lab::LanOptions::default(), opts)?;
+    let (host, node, agent) = (&lab.host, &lab.node, &mut lab.agent);
+    let p1 = add_pod(node, agent, "p1")?;
+    let p2 = add_pod(node, agent, "p2")?;
+    let veth = p1.result["interfaces"][0]["name"]
+        .as_str()
+        .context("host veth in the result")?
+        .to_owned();
+    let attached = |node: &lanlink_lab::Node| -> Result<[usize; 3]> {
+        Ok([
+            tc_filters(node, "eth0", "ingress")?.len(),
+            tc_filters(node, &veth, "ingress")?.len(),
+            tc_filters(node, &veth, "egress")?.len(),
+        ])
+    };
+    ensure!(status(agent)?["attach"] == "tc", "{}", status(agent)?);
+    ensure!(
+        attached(node)? == [1, 1, 1],
+        "filters: {:?}",
+        attached(node)?
+    );
+    for (ns, to) in [(&p1.ns, host.ip()), (&p2.ns, p1.ip()?)] {
+        let p = lanlink_lab::ping(ns, to, 3, Duration::from_secs(5))?;
+        ensure!(
+            p.all_received(),
+            "{} → {to} with tc: {}",
+            ns.name(),
+            p.summary
+        );
+    }
+
+    let dir = LabDir::new("pings-tc")?;
+    for (i, mode) in ["tcx", "tc"].into_iter().enumerate() {
+        let (log1, log2) = (
+            dir.path().join(format!("p1-{i}")),
+            dir.path().join(format!("p2-{i}")),
+        );
+        let ping1 = start_ping(&p1.ns, host.ip(), &log1)?;
+        let ping2 = start_ping(&p2.ns, p1.ip()?, &log2)?;
+        std::thread::sleep(Duration::from_secs(2));
+        agent.set_extra_args(tc(mode));
+        agent.restart()?;
+        let s1 = finish_ping(ping1, &log1, "p1 → LAN host")?;
+        let s2 = finish_ping(ping2, &log2, "p2 → p1")?;
+        for (s, what) in [(&s1, "p1 → LAN host"), (&s2, "p2 → p1")] {
+            ensure!(
+                s.transmitted == 200 && s.all_received(),
+                "{what} across the switch to {mode}: {}",
+                s.summary
+            );
+        }
+        ensure!(status(agent)?["attach"] == mode, "{}", status(agent)?);
+        let want = if mode == "tc" { [1, 1, 1] } else { [0, 0, 0] };
+        ensure!(
+            attached(node)? == want,
+            "filters after the switch to {mode}: {:?}",
+            attached(node)?
+        );
+        // Every pin is of the running backend: links under TCX.
+        for l in pods::pinned_links(agent.pin_dir())? {
+            let is_link = link_prog_id(&agent.pin_dir().join("links").join(&l)).is_ok();
+            ensure!(is_link == (mode == "tcx"), "{l} after the switch to {mode}");
+        }
+    }
+
+    pods::del_pod(node, agent, &p1)?;
+    ensure!(
+        tc_filters(node, "eth0", "ingress")?.len() == 1,
+        "the uplink keeps its filter"
+    );
+    ensure!(
+        !pods::pinned_links(agent.pin_dir())?
+            .iter()
+            .any(|l| l.ends_with(&veth)),
+        "pins of the deleted pod remain"
+    );
+    Ok(())
+}

@@ -223,6 +223,7 @@ fn status_table(s: &StatusResponse) -> String {
         ],
         vec!["pin dir".into(), s.pin_dir.clone()],
         vec!["endpoints".into(), s.endpoints.to_string()],
+        vec!["attach".into(), s.attach.clone()],
         vec!["adopted previous dataplane".into(), s.adopted.to_string()],
     ];
     table(&["FIELD", "VALUE"], &rows)

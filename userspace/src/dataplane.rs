@@ -16,11 +16,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
-    programs::{
-        SchedClassifier, TcAttachType,
-        links::{FdLink, LinkError, PinnedLink},
-        tc::SchedClassifierLink,
-    },
+    programs::{SchedClassifier, TcAttachType},
 };
 use lanlink_common::{
     Counter, EndpointByIf, EndpointByMac, FLOOD_EMPTY, MAX_ENDPOINTS, MacKey, StatSlot,
@@ -28,6 +24,9 @@ use lanlink_common::{
 };
 
 use crate::paths;
+
+mod attach;
+pub use attach::{AttachMode, KernelTooOld, TC_PRIORITY, check_kernel};
 
 /// The eBPF object, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lanlink.bpf.o"));
@@ -162,6 +161,8 @@ pub struct DataplaneConfig {
     pub pin_dir: PathBuf,
     /// `lanlink_common::config` bits.
     pub flags: u32,
+    /// How the programs are attached.
+    pub attach: AttachMode,
 }
 
 /// The loaded dataplane: programs, pinned maps, typed map handles.
@@ -300,22 +301,15 @@ impl Dataplane {
         }
         Ok(Attachments {
             ifname: ifname.to_owned(),
+            mode: self.cfg.attach,
             progs,
         })
     }
 
-    /// Detaches `hook` from `ifname` by removing its pinned link. Succeeds if
-    /// there is none.
+    /// Detaches `hook` from `ifname`: removes its pinned link, or its TC
+    /// filter and pinned program. Succeeds if there is none.
     pub fn detach(&mut self, ifname: &str, hook: Hook) -> Result<(), DataplaneError> {
-        let pin = self.link_pin(ifname, hook);
-        match std::fs::remove_file(&pin) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(DataplaneError::Pin {
-                what: format!("remove {}", pin.display()),
-                source,
-            }),
-        }
+        attach::detach(ifname, hook, &self.link_pin(ifname, hook))
     }
 
     /// Whether `hook` has a pinned link on `ifname`.
@@ -469,6 +463,36 @@ impl Dataplane {
     }
 }
 
+/// Detaches every program pinned under `pin_dir`'s `links/` (a TC filter
+/// too, which a pin alone does not hold) and removes the pins; returns the
+/// pins it removed. For `lanlinkd uninstall`, with no agent running.
+pub fn detach_all(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
+    let dir = pin_dir.join(paths::LINKS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(source) => {
+            return Err(DataplaneError::Pin {
+                what: format!("read {}", dir.display()),
+                source,
+            });
+        }
+    };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some((hook, ifname)) = [Hook::FromPod, Hook::ToPod, Hook::FromLan]
+            .into_iter()
+            .find_map(|h| Some((h, name.strip_prefix(h.program())?.strip_prefix('-')?)))
+        else {
+            continue;
+        };
+        attach::detach(&ifname.replace(':', "."), hook, &entry.path())?;
+        removed.push(name);
+    }
+    Ok(removed)
+}
+
 /// `hook`'s program in `ebpf`.
 fn classifier(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DataplaneError> {
     ebpf.program_mut(hook.program())
@@ -494,52 +518,6 @@ fn load_retrying(prog: &mut SchedClassifier) -> Result<(), aya::programs::Progra
     unreachable!("the loop returns by its fifth attempt")
 }
 
-/// Attaches `hook`'s program `prog` to `ifname` and pins the link at
-/// `pin`; if a link is pinned there already (a previous agent's), `prog`
-/// replaces the program in it atomically instead.
-fn attach_pinned(
-    prog: &mut SchedClassifier,
-    ifname: &str,
-    hook: Hook,
-    pin: &Path,
-) -> Result<(), DataplaneError> {
-    if pin.exists() {
-        let replaced = PinnedLink::from_pin(pin)
-            .ok()
-            .and_then(|old| SchedClassifierLink::try_from(FdLink::from(old)).ok())
-            .is_some_and(|link| {
-                prog.attach_to_link(link)
-                    .and_then(|id| prog.take_link(id))
-                    .is_ok()
-            });
-        if replaced {
-            // The pin still refers to the same kernel link, which now
-            // runs the new program; dropping our fd changes nothing.
-            return Ok(());
-        }
-        // A link whose interface is gone cannot be updated: start over.
-        std::fs::remove_file(pin).map_err(|source| DataplaneError::Pin {
-            what: format!("remove stale link {}", pin.display()),
-            source,
-        })?;
-    }
-    let id = prog
-        .attach(ifname, hook.attach_type())
-        .map_err(prog_err(format!("attach {} to {ifname}", hook.program())))?;
-    let link = prog.take_link(id).map_err(prog_err("take the link"))?;
-    let fd: FdLink = link
-        .try_into()
-        .map_err(|e: LinkError| DataplaneError::Pin {
-            what: format!("pin link: {e}"),
-            source: io::Error::other(e.to_string()),
-        })?;
-    fd.pin(pin).map_err(|e| DataplaneError::Pin {
-        what: format!("pin link {}", pin.display()),
-        source: io::Error::other(e.to_string()),
-    })?;
-    Ok(())
-}
-
 /// Held while attaching. The kernel attaches TCX programs under the RTNL
 /// lock and waits there for an RCU grace period (`tcx_entry_sync`), so
 /// attaches never run in parallel anyway; letting a hundred concurrent ADDs
@@ -552,6 +530,7 @@ static ATTACHING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// (see [`Dataplane::attachments`]).
 pub struct Attachments {
     ifname: String,
+    mode: AttachMode,
     /// Each program with its hook and its link's pin.
     progs: Vec<(SchedClassifier, Hook, PathBuf)>,
 }
@@ -562,7 +541,7 @@ impl Attachments {
     pub fn run(self) -> Result<(), DataplaneError> {
         let _one = ATTACHING.lock().unwrap_or_else(|p| p.into_inner());
         for (mut prog, hook, pin) in self.progs {
-            attach_pinned(&mut prog, &self.ifname, hook, &pin)?;
+            attach::attach(self.mode, &mut prog, &self.ifname, hook, &pin)?;
         }
         Ok(())
     }

@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lanlink_agent::{
     agent::{Agent, AgentConfig},
-    api, cli, paths,
+    api, cli,
+    dataplane::AttachMode,
+    paths,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +35,14 @@ struct Cli {
     log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
+}
+
+/// `--attach`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum AttachChoice {
+    Auto,
+    Tcx,
+    Tc,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +84,12 @@ struct RunArgs {
         default_value_t = lanlink_agent::flows::DEFAULT_IDLE_TIMEOUT.as_secs()
     )]
     flow_timeout: u64,
+    /// How the programs are attached: `tcx` (BPF links, Linux 6.6 and
+    /// later), `tc` (clsact qdisc and cls_bpf filters, older kernels), or
+    /// `auto`, TCX where the kernel has it. Switching on a running node
+    /// hands over without a gap.
+    #[arg(long, env = "LANLINK_ATTACH", value_enum, default_value_t = AttachChoice::Auto)]
+    attach: AttachChoice,
     /// The iptables binary for the agent's FORWARD accepts and masquerade
     /// (`iptables-legacy`, `iptables-nft` or a path; `<it>-restore` must exist too).
     #[arg(long, env = "LANLINK_IPTABLES", default_value = "iptables")]
@@ -212,7 +228,13 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
         host_routes: args.host_routes,
         iptables: (!args.no_firewall).then_some(args.iptables),
         flow_timeout: std::time::Duration::from_secs(args.flow_timeout.max(1)),
+        attach: match args.attach {
+            AttachChoice::Auto => AttachMode::probe(),
+            AttachChoice::Tcx => AttachMode::Tcx,
+            AttachChoice::Tc => AttachMode::Tc,
+        },
     };
+    lanlink_agent::dataplane::check_kernel(cfg.attach)?;
     let agent: Arc<Agent> = Agent::start(cfg, shutdown.clone()).await?;
     tracing::info!(status = ?agent.status(), "agent ready");
 
@@ -267,7 +289,13 @@ fn uninstall(
     }
     if !args.keep_pins {
         // Unpinning the links detaches the programs (the pins hold the only
-        // references); unpinning the maps frees them.
+        // references; TC filters are removed first); unpinning the maps
+        // frees them.
+        let detached =
+            lanlink_agent::dataplane::detach_all(pin_dir).context("detach the programs")?;
+        for d in &detached {
+            println!("detached {d}");
+        }
         match std::fs::remove_dir_all(pin_dir) {
             Ok(()) => println!("unpinned {}", pin_dir.display()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

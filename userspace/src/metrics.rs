@@ -283,12 +283,13 @@ impl Collector for Snapshot {
             family(
                 &mut enc,
                 "lanlink_agent_info",
-                "The agent: version, uplink, and whether it adopted a previous run's dataplane.",
+                "The agent: version, uplink, how the programs are attached (tcx or tc), and whether it adopted a previous run's dataplane.",
                 None,
                 [(
                     vec![
                         ("version", s.version.clone()),
                         ("uplink", s.uplink.clone()),
+                        ("attach", s.attach.clone()),
                         ("adopted", s.adopted.to_string()),
                     ],
                     ConstGauge::new(1_i64),
@@ -589,6 +590,7 @@ mod tests {
                 pin_dir: "/sys/fs/bpf/lanlink".into(),
                 endpoints: 1,
                 adopted: false,
+                attach: "tcx".into(),
             }),
             verdicts: Some(
                 StatSlot::ALL

@@ -447,6 +447,7 @@ impl TestAgent {
             host_routes: Vec::new(),
             iptables: None,
             flow_timeout: Duration::from_secs(300),
+            attach: crate::dataplane::AttachMode::Tcx,
         };
         configure(&mut cfg);
         let parts = Parts::<Fake> {

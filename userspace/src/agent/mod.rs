@@ -162,6 +162,8 @@ pub struct AgentConfig {
     pub iptables: Option<String>,
     /// Idle time after which a conntrack-bypass flow is forgotten.
     pub flow_timeout: Duration,
+    /// How the programs are attached (`--attach`).
+    pub attach: crate::dataplane::AttachMode,
 }
 
 /// The running agent, over the real node ([`Node`]) or fakes (tests).
@@ -467,6 +469,7 @@ impl<K: Kernel> Agent<K> {
             pin_dir: self.cfg.pin_dir.display().to_string(),
             endpoints: self.state().endpoints.len(),
             adopted: self.adopted_maps,
+            attach: self.cfg.attach.to_string(),
         }
     }
 

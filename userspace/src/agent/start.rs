@@ -52,6 +52,7 @@ impl Agent<Node> {
             uplink_ifindex: uplink.index,
             pin_dir: cfg.pin_dir.clone(),
             flags: cfg.dataplane_flags,
+            attach: cfg.attach,
         })
         .context("load the dataplane")?;
         let adopted_maps = dp.adopted;
