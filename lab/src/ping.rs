@@ -115,3 +115,45 @@ rtt min/avg/max/mdev = 0.031/0.047/0.070/0.016 ms\n";
         assert!(parse_ping("ping: connect: Network is unreachable").is_none());
     }
 }
+
+/// A ping at 20/s for 10 s (200 requests) running in the background, for
+/// checking that something (an agent restart) loses nothing.
+pub struct BgPing {
+    proc: crate::cmd::BgProcess,
+    log: std::path::PathBuf,
+}
+
+impl BgPing {
+    /// Starts it from `ns` to `dst`, logging to `log`.
+    pub fn start(ns: &NetNs, dst: Ipv4Addr, log: &std::path::Path) -> Result<Self> {
+        let dst = dst.to_string();
+        let args = [
+            "ping", "-n", "-q", "-i", "0.05", "-c", "200", "-w", "20", &dst,
+        ];
+        Ok(Self {
+            proc: ns.spawn_logged(&args, log)?,
+            log: log.to_owned(),
+        })
+    }
+
+    /// Waits for it to end (25 s at most) and returns its statistics.
+    pub fn finish(mut self, what: &str) -> Result<PingStats> {
+        self.proc
+            .wait_timeout(Duration::from_secs(25))?
+            .with_context(|| format!("{what}: ping did not end"))?;
+        let text = std::fs::read_to_string(&self.log)?;
+        parse_ping(&text).with_context(|| format!("{what}: no statistics in {text}"))
+    }
+
+    /// [`finish`](Self::finish), failing unless all 200 requests were
+    /// answered.
+    pub fn finish_lossless(self, what: &str) -> Result<PingStats> {
+        let s = self.finish(what)?;
+        anyhow::ensure!(
+            s.transmitted == 200 && s.all_received(),
+            "{what}: {}",
+            s.summary
+        );
+        Ok(s)
+    }
+}

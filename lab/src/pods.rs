@@ -242,6 +242,28 @@ pub fn bpftool_json(object: &str, verb: &str, path: &Path) -> Result<Value> {
     serde_json::from_str(&out).with_context(|| format!("the output of {what}"))
 }
 
+/// `lanlinkd status --json` of `agent`.
+pub fn agent_status(agent: &Agent) -> Result<Value> {
+    let out = cmd::run_ok(
+        Command::new(crate::bin_dir().join("lanlinkd"))
+            .args(["status", "--json", "--socket"])
+            .arg(agent.socket()),
+        cmd::SHORT,
+    )?;
+    serde_json::from_str(&out).context("the status JSON")
+}
+
+/// The id of the program an attachment pin runs: a TCX link's program
+/// (`bpftool link show pinned`), or the program itself that `--attach tc`
+/// pins (`bpftool prog show pinned`).
+pub fn pinned_prog_id(pin: &Path) -> Result<u64> {
+    let (v, key) = match bpftool_json("link", "show", pin) {
+        Ok(v) => (v, "prog_id"),
+        Err(_) => (bpftool_json("prog", "show", pin)?, "id"),
+    };
+    v[key].as_u64().with_context(|| format!("no {key} in {v}"))
+}
+
 /// The entries of the pinned map `<pin_dir>/<map>` (`bpftool -j map dump`;
 /// with BTF each has its fields by name under `formatted`).
 pub fn map_dump(pin_dir: &Path, map: &str) -> Result<Vec<Value>> {

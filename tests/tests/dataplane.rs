@@ -477,13 +477,21 @@ fn del_of_every_pod_leaves_nothing_behind() -> Result<()> {
         "veths left: {:?}",
         pods::host_veths(node)?
     );
-    for map in ["EP_BY_MAC", "EP_BY_IF", "FLOWS"] {
+    for map in ["EP_BY_MAC", "EP_BY_IF"] {
         ensure!(
             pods::map_len(&pin, map)? == 0,
             "{map} left: {:?}",
             pods::map_dump(&pin, map)?
         );
     }
+    // A DEL queues its flows' purge for the flows owner, which runs it
+    // within about a second.
+    wait_until(
+        Duration::from_secs(3),
+        "the flows of the deleted pods purged",
+        || Ok((pods::map_len(&pin, "FLOWS")? == 0).then_some(())),
+    )
+    .with_context(|| format!("FLOWS left: {:?}", pods::map_dump(&pin, "FLOWS")))?;
     ensure!(
         pods::array_u32(&pin, "FLOOD")?.iter().all(|i| *i == 0),
         "FLOOD left: {:?}",

@@ -1,59 +1,20 @@
 //! Restart without loss (issue 3): forwarding for existing pods goes on
 //! while the agent is SIGKILLed and started again; the new agent re-adopts
-//! the pinned maps and swaps its programs into the pinned TCX links.
+//! the pinned maps and swaps its programs into the pinned TCX links (or the
+//! TC filters, with `LANLINK_ATTACH=tc`, as `cargo xtask test` runs it again).
 
-use std::net::Ipv4Addr;
-use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use lanlink_lab::OneNode;
 use lanlink_lab::cleanup::LabDir;
+use lanlink_lab::ping::BgPing;
 use lanlink_lab::pods::{self, add_pod};
-use lanlink_lab::{NetNs, OneNode};
 use nix::sys::signal::Signal;
-use serde_json::Value;
 
 /// The lab's traffic tool (a binary of `lanlink-lab`).
 static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
     std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
-
-/// Pings at 20/s for 10 s (200 requests), in the background.
-fn start_ping(ns: &NetNs, dst: Ipv4Addr, log: &Path) -> Result<lanlink_lab::cmd::BgProcess> {
-    ns.spawn_logged(
-        &[
-            "ping",
-            "-n",
-            "-q",
-            "-i",
-            "0.05",
-            "-c",
-            "200",
-            "-w",
-            "20",
-            &dst.to_string(),
-        ],
-        log,
-    )
-}
-
-fn finish_ping(
-    mut p: lanlink_lab::cmd::BgProcess,
-    log: &Path,
-    what: &str,
-) -> Result<lanlink_lab::PingStats> {
-    p.wait_timeout(Duration::from_secs(25))?
-        .with_context(|| format!("{what}: ping did not end"))?;
-    let text = std::fs::read_to_string(log)?;
-    lanlink_lab::ping::parse_ping(&text).with_context(|| format!("{what}: no statistics in {text}"))
-}
-
-/// The program id a pinned link runs (`bpftool link show pinned`).
-fn link_prog_id(pin: &Path) -> Result<u64> {
-    let v = lanlink_lab::pods::bpftool_json("link", "show", pin)?;
-    v["prog_id"]
-        .as_u64()
-        .with_context(|| format!("no prog_id in {v}"))
-}
 
 /// Acceptance 6: a continuous ping (20/s for 10 s) pod → LAN host, and one
 /// pod → pod on the node, lose nothing while the agent is SIGKILLed, stays
@@ -74,13 +35,13 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     );
     let ids_before: Vec<u64> = links
         .iter()
-        .map(|l| link_prog_id(&agent.pin_dir().join("links").join(l)))
+        .map(|l| pods::pinned_prog_id(&agent.pin_dir().join("links").join(l)))
         .collect::<Result<_>>()?;
 
     let dir = LabDir::new("pings")?;
     let (log1, log2) = (dir.path().join("p1.log"), dir.path().join("p2.log"));
-    let ping1 = start_ping(&p1.ns, host.ip(), &log1)?;
-    let ping2 = start_ping(&p2.ns, p1.ip()?, &log2)?;
+    let ping1 = BgPing::start(&p1.ns, host.ip(), &log1)?;
+    let ping2 = BgPing::start(&p2.ns, p1.ip()?, &log2)?;
     // And a broadcast stream from the LAN (fan-out through FLOOD), 20/s.
     let bcast = lanlink_lab::traffic::Tool::spawn(
         &p2.ns,
@@ -116,8 +77,8 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
     // 1 s of p1's 20/s pings, forwarded with no agent running.
     pods::ensure_grew(&at_kill, &counted_while_down, "redirect_uplink", 15)?;
     agent.restart()?;
-    let s1 = finish_ping(ping1, &log1, "p1 → LAN host")?;
-    let s2 = finish_ping(ping2, &log2, "p2 → p1")?;
+    let s1 = ping1.finish("p1 → LAN host")?;
+    let s2 = ping2.finish("p2 → p1")?;
     eprintln!("across SIGKILL + restart:\n{}\n{}", s1.summary, s2.summary);
     sender.wait_timeout(Duration::from_secs(10))?;
     let got = bcast.finish(Duration::from_secs(10))?;
@@ -139,19 +100,13 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
 
     // Re-adopted, not rebuilt: the same pins, the counters carried on, and
     // new programs run in the old links.
-    let status = lanlink_lab::cmd::run_ok(
-        std::process::Command::new(lanlink_lab::bin_dir().join("lanlinkd"))
-            .args(["status", "--json", "--socket"])
-            .arg(agent.socket()),
-        lanlink_lab::cmd::SHORT,
-    )?;
-    let status: Value = serde_json::from_str(&status)?;
+    let status = pods::agent_status(agent)?;
     ensure!(status["adopted"] == true, "status after restart: {status}");
     ensure!(status["endpoints"] == 2, "status after restart: {status}");
     ensure!(pods::pinned_links(agent.pin_dir())? == links);
     let ids_after: Vec<u64> = links
         .iter()
-        .map(|l| link_prog_id(&agent.pin_dir().join("links").join(l)))
+        .map(|l| pods::pinned_prog_id(&agent.pin_dir().join("links").join(l)))
         .collect::<Result<_>>()?;
     for (i, l) in links.iter().enumerate() {
         ensure!(
@@ -176,10 +131,10 @@ fn forwarding_survives_an_agent_sigkill_and_restart() -> Result<()> {
 
     // A graceful restart (SIGTERM, as a rolling update does) is hitless too.
     let log3 = dir.path().join("p3.log");
-    let ping3 = start_ping(&p3.ns, host.ip(), &log3)?;
+    let ping3 = BgPing::start(&p3.ns, host.ip(), &log3)?;
     std::thread::sleep(Duration::from_secs(2));
     agent.restart()?;
-    let s3 = finish_ping(ping3, &log3, "p3 → LAN host")?;
+    let s3 = ping3.finish("p3 → LAN host")?;
     ensure!(
         s3.transmitted == 200 && s3.all_received(),
         "p3 → LAN host across a SIGTERM restart: {}",
@@ -199,17 +154,6 @@ fn tc_filters(node: &lanlink_lab::Node, dev: &str, dir: &str) -> Result<Vec<Stri
         .filter(|l| l.contains(" bpf ") && l.contains("direct-action"))
         .map(str::to_owned)
         .collect())
-}
-
-/// The agent's `status --json`.
-fn status(agent: &lanlink_lab::Agent) -> Result<Value> {
-    let out = lanlink_lab::cmd::run_ok(
-        std::process::Command::new(lanlink_lab::bin_dir().join("lanlinkd"))
-            .args(["status", "--json", "--socket"])
-            .arg(agent.socket()),
-        lanlink_lab::cmd::SHORT,
-    )?;
-    Ok(serde_json::from_str(&out)?)
 }
 
 /// Issue 13: with `--attach tc` the programs run as clsact filters (kernels
@@ -239,7 +183,11 @@ fn legacy_tc_attach_forwards_and_switching_backend_loses_nothing() -> Result<()>
             tc_filters(node, &veth, "egress")?.len(),
         ])
     };
-    ensure!(status(agent)?["attach"] == "tc", "{}", status(agent)?);
+    ensure!(
+        pods::agent_status(agent)?["attach"] == "tc",
+        "{}",
+        pods::agent_status(agent)?
+    );
     ensure!(
         attached(node)? == [1, 1, 1],
         "filters: {:?}",
@@ -261,13 +209,13 @@ fn legacy_tc_attach_forwards_and_switching_backend_loses_nothing() -> Result<()>
             dir.path().join(format!("p1-{i}")),
             dir.path().join(format!("p2-{i}")),
         );
-        let ping1 = start_ping(&p1.ns, host.ip(), &log1)?;
-        let ping2 = start_ping(&p2.ns, p1.ip()?, &log2)?;
+        let ping1 = BgPing::start(&p1.ns, host.ip(), &log1)?;
+        let ping2 = BgPing::start(&p2.ns, p1.ip()?, &log2)?;
         std::thread::sleep(Duration::from_secs(2));
         agent.set_extra_args(tc(mode));
         agent.restart()?;
-        let s1 = finish_ping(ping1, &log1, "p1 → LAN host")?;
-        let s2 = finish_ping(ping2, &log2, "p2 → p1")?;
+        let s1 = ping1.finish("p1 → LAN host")?;
+        let s2 = ping2.finish("p2 → p1")?;
         for (s, what) in [(&s1, "p1 → LAN host"), (&s2, "p2 → p1")] {
             ensure!(
                 s.transmitted == 200 && s.all_received(),
@@ -275,7 +223,11 @@ fn legacy_tc_attach_forwards_and_switching_backend_loses_nothing() -> Result<()>
                 s.summary
             );
         }
-        ensure!(status(agent)?["attach"] == mode, "{}", status(agent)?);
+        ensure!(
+            pods::agent_status(agent)?["attach"] == mode,
+            "{}",
+            pods::agent_status(agent)?
+        );
         let want = if mode == "tc" { [1, 1, 1] } else { [0, 0, 0] };
         ensure!(
             attached(node)? == want,
@@ -284,7 +236,8 @@ fn legacy_tc_attach_forwards_and_switching_backend_loses_nothing() -> Result<()>
         );
         // Every pin is of the running backend: links under TCX.
         for l in pods::pinned_links(agent.pin_dir())? {
-            let is_link = link_prog_id(&agent.pin_dir().join("links").join(&l)).is_ok();
+            let pin = agent.pin_dir().join("links").join(&l);
+            let is_link = pods::bpftool_json("link", "show", &pin).is_ok();
             ensure!(is_link == (mode == "tcx"), "{l} after the switch to {mode}");
         }
     }

@@ -4,6 +4,7 @@
 //! - `build-ebpf`: build the eBPF object (nightly, bpf-linker, BTF).
 //! - `build`: the eBPF object, then the agent and the CNI plugin embedding it.
 //! - `test`: setup, build, format check, then the whole workspace's tests.
+//! - `vmtest`: the smoke scenario in VMs booting older kernels.
 //! - `demo`: setup, build, then a lab with three pods on a LAN.
 //! - `bench`: setup, build, then run the `lanlink-bench` crate (`bench/`):
 //!   lanlink against the physical limit and bridge + iptables, side by
@@ -16,6 +17,7 @@ mod ebpf;
 mod setup;
 mod test;
 mod util;
+mod vmtest;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -47,6 +49,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Setup, build, then the smoke scenario in VMs booting Debian's 6.1
+    /// (clsact) and backports' 6.12 (TCX) kernels (QEMU, virtme-ng).
+    Vmtest,
     /// Setup, build, then run the demo lab: a LAN, a node, three pods.
     Demo,
     /// Setup, build (release), then run the benchmark (`bench/`, crate
@@ -61,6 +66,7 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => ebpf::run().map(|_| ()),
         Cmd::Build { release } => build::run(release).map(|_| ()),
         Cmd::Test { args } => test::run(&args),
+        Cmd::Vmtest => vmtest::run(),
         Cmd::Demo => demo::run(),
         Cmd::Bench(opts) => bench::run(&opts),
     }

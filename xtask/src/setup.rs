@@ -71,11 +71,16 @@ fn installed(pkg: &str) -> bool {
     status.trim() == "install ok installed"
 }
 
-/// Installs the missing Debian packages in one `apt-get install`, after an
-/// `apt-get update` (only when something is missing).
+/// Installs the missing [`PACKAGES`].
 fn packages() -> Result<()> {
+    apt_install(PACKAGES)
+}
+
+/// Installs the missing ones of `pkgs` in one `apt-get install`, after an
+/// `apt-get update` (only when something is missing).
+pub fn apt_install(pkgs: &[&str]) -> Result<()> {
     let mut missing = Vec::new();
-    for pkg in PACKAGES {
+    for pkg in pkgs {
         if installed(pkg) {
             ok(pkg);
         } else {
@@ -86,12 +91,7 @@ fn packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    exec(
-        Command::new("apt-get")
-            .args(["update", "-q"])
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("apt-get update failed")?;
+    apt_update()?;
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
@@ -111,6 +111,16 @@ fn packages() -> Result<()> {
         bail!("still not installed after apt-get: {}", still.join(" "));
     }
     Ok(())
+}
+
+/// `apt-get update`.
+pub fn apt_update() -> Result<()> {
+    exec(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update failed")
 }
 
 /// The eBPF crate's pinned nightly (see [`ebpf_toolchain`]) and stable

@@ -2,13 +2,18 @@
 //! the format check, clippy (`-D warnings`) over the workspace and the eBPF
 //! crate, then every test of the workspace with the built
 //! binaries; extra arguments go to `cargo test`. Without extra arguments,
-//! `cargo xtask bench --quick` follows (every benchmark variant must still
-//! produce numbers).
+//! the attach scenarios run again with the legacy TC backend, the VM smoke
+//! test boots older kernels (`cargo xtask vmtest`), and `cargo xtask bench
+//! --quick` follows (every benchmark variant must still produce numbers).
 
 use anyhow::{Context, Result};
 
 use crate::util::{self, exec};
-use crate::{bench, build, ebpf, setup};
+use crate::{bench, build, ebpf, setup, vmtest};
+
+/// The scenario files run a second time with `--attach tc` (through
+/// `LANLINK_ATTACH`): those that attach, restart, switch and detach.
+const TC_PASS: [&str; 5] = ["smoke", "restart", "dataplane", "cni_verbs", "chaining"];
 
 /// `cargo xtask test [-- <cargo test args>]`.
 pub fn run(args: &[String]) -> Result<()> {
@@ -51,6 +56,22 @@ pub fn run(args: &[String]) -> Result<()> {
             .env("LANLINK_BIN_DIR", &built.bin_dir),
     )
     .context("tests failed");
+    // The scenarios that attach, restart and detach, again with the legacy
+    // TC backend (clsact; what kernels before 6.6 get), on this kernel.
+    let tc_pass = if args.is_empty() {
+        exec(
+            util::cargo()
+                .current_dir(&root)
+                .args(["test", "-p", "lanlink-tests", "--no-fail-fast"])
+                .args(TC_PASS.iter().flat_map(|t| ["--test", t]))
+                .env("LANLINK_ATTACH", "tc")
+                .env("LANLINK_EBPF_OBJ", &built.ebpf_obj)
+                .env("LANLINK_BIN_DIR", &built.bin_dir),
+        )
+        .context("tests with LANLINK_ATTACH=tc failed")
+    } else {
+        Ok(())
+    };
     // Every test process has exited: whatever of theirs remains leaked.
     let leaks = lanlink_lab::leaks();
     if !leaks.is_empty() {
@@ -62,6 +83,10 @@ pub fn run(args: &[String]) -> Result<()> {
     }
     println!("leak check: no namespace, pin dir or temp dir of the tests remains");
     tests?;
+    tc_pass?;
+    if args.is_empty() {
+        vmtest::run_built(&built.bin_dir).context("`cargo xtask vmtest` failed")?;
+    }
     // The whole suite (CI) also checks that the benchmark still runs; a
     // filtered run (`-- <name>`) is someone iterating on one test.
     if args.is_empty() {

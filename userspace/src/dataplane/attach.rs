@@ -257,11 +257,51 @@ pub(super) fn detach(ifname: &str, hook: Hook, pin: &Path) -> Result<(), Datapla
     remove_pin(pin)
 }
 
-/// Whether `pin` holds a program (a TC filter's), not a link. (Opening any
-/// pin as a `PinnedLink` succeeds; reading a program's info fails on a
-/// link.)
+/// Whether `pin` holds a program (a TC filter's) rather than a link. The
+/// kernel says which in the fd's `/proc/self/fdinfo` (`prog_type:` or
+/// `link_type:`); opening a pin, and asking for its info, work on both.
 fn is_program_pin(pin: &Path) -> bool {
-    pin.exists() && SchedClassifier::from_pin(pin).is_ok()
+    use std::os::fd::AsRawFd as _;
+    let Ok(fd) = obj_get(pin) else {
+        return false;
+    };
+    let fdinfo = format!("/proc/self/fdinfo/{}", fd.as_raw_fd());
+    std::fs::read_to_string(fdinfo)
+        .is_ok_and(|info| info.lines().any(|l| l.starts_with("prog_type:")))
+}
+
+/// `BPF_OBJ_GET`: an fd of whatever is pinned at `pin`.
+fn obj_get(pin: &Path) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::{fd::FromRawFd as _, unix::ffi::OsStrExt as _};
+    /// The `BPF_OBJ_*` member of `union bpf_attr`.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_GET: libc::c_long = 7;
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let attr = ObjAttr {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+    };
+    // SAFETY: `attr` is a valid `bpf_attr` prefix for BPF_OBJ_GET of the
+    // size passed; `path` outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            &attr as *const ObjAttr,
+            size_of::<ObjAttr>() as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a new fd that nothing else owns.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
 }
 
 /// Removes `pin`; absent is fine.
@@ -279,7 +319,9 @@ fn remove_pin(pin: &Path) -> Result<(), DataplaneError> {
 /// The OS error under a TC attach or detach error, if any.
 fn os_error(e: &ProgramError) -> Option<i32> {
     match e {
-        ProgramError::TcError(TcError::NetlinkError(e)) => e.raw_os_error(),
+        ProgramError::TcError(TcError::NetlinkError(e)) | ProgramError::NetlinkError(e) => {
+            e.raw_os_error()
+        }
         ProgramError::TcError(TcError::IoError(e)) => e.raw_os_error(),
         _ => None,
     }

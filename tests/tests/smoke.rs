@@ -1,0 +1,123 @@
+//! The smoke scenario (issue 13): one node, end to end, cheap enough to run
+//! inside a VM under software emulation (`cargo xtask vmtest` runs this
+//! binary in the guest kernels; it also runs here, on the host's kernel,
+//! with either attach backend).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use lanlink_lab::cleanup::LabDir;
+use lanlink_lab::ping::BgPing;
+use lanlink_lab::pods::{self, add_pod, del_pod};
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ROUTER, ping};
+use nix::sys::signal::Signal;
+
+/// The lab's traffic tool (a binary of `lanlink-lab`).
+static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
+    std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
+
+/// On a node whose FORWARD policy is DROP: two pods lease from dnsmasq and
+/// reach the router, each other and a LAN host; a LAN broadcast reaches
+/// both; the agent is SIGKILLed and restarted under a 20/s ping from each
+/// pod with no loss; DEL of both leaves nothing.
+#[test]
+fn a_node_end_to_end() -> Result<()> {
+    lanlink_lab::require_root();
+    let lan = Lan::new(LanOptions::default())?;
+    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
+    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
+    pods::hostile_forward(&node, 100)?;
+    let mut agent = Agent::start(&node, AgentOptions::default())?;
+    eprintln!(
+        "kernel {}, attach {}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
+        pods::agent_status(&agent)?["attach"]
+    );
+    let p1 = add_pod(&node, &agent, "p1")?;
+    let p2 = add_pod(&node, &agent, "p2")?;
+
+    for (from, to, what) in [
+        (&p1.ns, ROUTER, "p1 → router"),
+        (&p2.ns, p1.ip()?, "p2 → p1"),
+        (&p1.ns, host.ip(), "p1 → LAN host"),
+        (host.ns(), p2.ip()?, "LAN host → p2"),
+    ] {
+        let p = ping(from, to, 3, Duration::from_secs(10))?;
+        ensure!(p.all_received(), "{what}: {}", p.summary);
+    }
+
+    // A LAN broadcast reaches both pods, once each.
+    let recv = |ns| {
+        lanlink_lab::traffic::Tool::spawn(
+            ns,
+            &LAB_NET,
+            &[
+                "udp-recv",
+                "--bind",
+                "0.0.0.0:9999",
+                "--count",
+                "5",
+                "--timeout-ms",
+                "15000",
+            ],
+        )
+    };
+    let (r1, r2) = (recv(&p1.ns)?, recv(&p2.ns)?);
+    let bin = LAB_NET.to_str().expect("a UTF-8 path");
+    host.ns().run_ok(&[
+        bin,
+        "udp-send",
+        "--to",
+        "198.18.0.255:9999",
+        "--text",
+        "smoke",
+        "--count",
+        "5",
+        "--interval-ms",
+        "100",
+    ])?;
+    for (r, pod) in [(r1, "p1"), (r2, "p2")] {
+        let got = r.finish(Duration::from_secs(20))?;
+        ensure!(
+            got.len() == 5 && got.iter().all(|g| g.data == b"smoke"),
+            "{pod} got {} of 5 broadcasts",
+            got.len()
+        );
+    }
+
+    // SIGKILL and restart under a 20/s ping: nothing lost.
+    let dir = LabDir::new("smoke")?;
+    let ping1 = BgPing::start(&p1.ns, host.ip(), &dir.path().join("p1"))?;
+    let ping2 = BgPing::start(&p2.ns, p1.ip()?, &dir.path().join("p2"))?;
+    std::thread::sleep(Duration::from_secs(2));
+    agent.kill(Signal::SIGKILL)?;
+    std::thread::sleep(Duration::from_secs(1));
+    agent.restart()?;
+    ping1.finish_lossless("p1 → LAN host across SIGKILL + restart")?;
+    ping2.finish_lossless("p2 → p1 across SIGKILL + restart")?;
+
+    // DEL leaves nothing.
+    for p in [&p1, &p2] {
+        del_pod(&node, &agent, p)?;
+    }
+    let pin = agent.pin_dir();
+    ensure!(pods::host_veths(&node)?.is_empty(), "veths left");
+    for map in ["EP_BY_MAC", "EP_BY_IF"] {
+        ensure!(pods::map_len(pin, map)? == 0, "{map} left");
+    }
+    ensure!(
+        pods::pinned_links(pin)? == ["from_lan-eth0"],
+        "attachments left: {:?}",
+        pods::pinned_links(pin)?
+    );
+    for p in [&p1, &p2] {
+        lan.wait_for_no_lease(&p.mac, Duration::from_secs(10))?;
+    }
+    let (policy, matched) = pods::forward_counters(&node)?;
+    ensure!(
+        policy == 0 && matched == 0,
+        "FORWARD dropped {policy} and matched {matched} packets"
+    );
+    Ok(())
+}
