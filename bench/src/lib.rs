@@ -332,6 +332,10 @@ fn measure_all(
 ) -> Result<()> {
     println!("\n== lab: LAN, LAN host, limit pods, lanlink node and pods, bridge node and pods");
     let mut topo = Topology::new(bin_dir, tools.clone(), plan.budget)?;
+    results.meta.attach = lanlink_lab::pods::agent_status(&topo.lanlink.agent)?["attach"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     for v in Variant::ALL {
         let pods = topo.pods(v);
         println!(
@@ -713,6 +717,8 @@ fn meta(plan: &Plan, opts: &Options) -> report::Meta {
             .unwrap_or_default()
             .trim()
             .to_owned(),
+        // Read from the agent once it runs.
+        attach: String::new(),
         cpu_model,
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
         git_commit: git_commit(&opts.bin_dir),

@@ -66,6 +66,10 @@ pub struct Meta {
     pub date: String,
     /// `uname -r`.
     pub kernel: String,
+    /// How lanlinkd attached its programs (`tcx` or `tc`; `LANLINK_ATTACH`
+    /// chooses), from its status; empty in runs before it was recorded.
+    #[serde(default)]
+    pub attach: String,
     /// `model name` from /proc/cpuinfo.
     pub cpu_model: String,
     /// Online CPUs.
@@ -294,6 +298,9 @@ impl Results {
         let _ = writeln!(md, "| | |\n|---|---|");
         let _ = writeln!(md, "| date (UTC) | {} |", m.date);
         let _ = writeln!(md, "| kernel | {} |", m.kernel);
+        if !m.attach.is_empty() {
+            let _ = writeln!(md, "| lanlinkd attach | {} |", m.attach);
+        }
         let _ = writeln!(md, "| CPU | {} × {} |", m.cpus, m.cpu_model);
         let _ = writeln!(md, "| commit | {} |", m.git_commit);
         let _ = writeln!(md, "| lanlink build | {} |", m.profile);

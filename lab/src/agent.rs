@@ -126,12 +126,16 @@ impl Agent {
         Ok(agent)
     }
 
-    fn spawn(&mut self) -> Result<()> {
-        let program = self
-            .opts
+    /// The binary it runs (`lanlinkd` of its bin dir, unless replaced).
+    pub fn program(&self) -> PathBuf {
+        self.opts
             .program
             .clone()
-            .unwrap_or_else(|| self.opts.bin_dir.join(AGENT_BIN));
+            .unwrap_or_else(|| self.opts.bin_dir.join(AGENT_BIN))
+    }
+
+    fn spawn(&mut self) -> Result<()> {
+        let program = self.program();
         let mut cmd = in_netns(&self.netns_path);
         cmd.arg(&program)
             .args(["--uplink", "eth0", "--socket"])

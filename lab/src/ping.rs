@@ -84,38 +84,6 @@ pub fn parse_ping(text: &str) -> Option<PingStats> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parses_success() {
-        let text = "PING 198.18.0.1 (198.18.0.1) 56(84) bytes of data.\n\n\
---- 198.18.0.1 ping statistics ---\n\
-3 packets transmitted, 3 received, 0% packet loss, time 405ms\n\
-rtt min/avg/max/mdev = 0.031/0.047/0.070/0.016 ms\n";
-        let s = parse_ping(text).unwrap();
-        assert_eq!((s.transmitted, s.received), (3, 3));
-        assert_eq!(s.rtt_avg_ms, Some(0.047));
-        assert!(s.all_received());
-        assert!(s.summary.starts_with("--- 198.18.0.1"));
-    }
-
-    #[test]
-    fn parses_total_loss() {
-        let text = "--- 198.18.0.9 ping statistics ---\n\
-2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1010ms\n";
-        let s = parse_ping(text).unwrap();
-        assert_eq!((s.transmitted, s.received, s.rtt_avg_ms), (2, 0, None));
-        assert!(!s.all_received());
-    }
-
-    #[test]
-    fn rejects_garbage() {
-        assert!(parse_ping("ping: connect: Network is unreachable").is_none());
-    }
-}
-
 /// A ping at 20/s for 10 s (200 requests) running in the background, for
 /// checking that something (an agent restart) loses nothing.
 pub struct BgPing {
@@ -155,5 +123,37 @@ impl BgPing {
             s.summary
         );
         Ok(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_success() {
+        let text = "PING 198.18.0.1 (198.18.0.1) 56(84) bytes of data.\n\n\
+--- 198.18.0.1 ping statistics ---\n\
+3 packets transmitted, 3 received, 0% packet loss, time 405ms\n\
+rtt min/avg/max/mdev = 0.031/0.047/0.070/0.016 ms\n";
+        let s = parse_ping(text).unwrap();
+        assert_eq!((s.transmitted, s.received), (3, 3));
+        assert_eq!(s.rtt_avg_ms, Some(0.047));
+        assert!(s.all_received());
+        assert!(s.summary.starts_with("--- 198.18.0.1"));
+    }
+
+    #[test]
+    fn parses_total_loss() {
+        let text = "--- 198.18.0.9 ping statistics ---\n\
+2 packets transmitted, 0 received, +2 errors, 100% packet loss, time 1010ms\n";
+        let s = parse_ping(text).unwrap();
+        assert_eq!((s.transmitted, s.received, s.rtt_avg_ms), (2, 0, None));
+        assert!(!s.all_received());
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        assert!(parse_ping("ping: connect: Network is unreachable").is_none());
     }
 }

@@ -245,7 +245,7 @@ pub fn bpftool_json(object: &str, verb: &str, path: &Path) -> Result<Value> {
 /// `lanlinkd status --json` of `agent`.
 pub fn agent_status(agent: &Agent) -> Result<Value> {
     let out = cmd::run_ok(
-        Command::new(crate::bin_dir().join("lanlinkd"))
+        Command::new(agent.program())
             .args(["status", "--json", "--socket"])
             .arg(agent.socket()),
         cmd::SHORT,
