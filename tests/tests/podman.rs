@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::podman::Podman;
 use lanlink_lab::pods::host_veths;
-use lanlink_lab::{Agent, OneNode, PodNet, cmd, ping};
+use lanlink_lab::{Agent, OneNode, PodNet, cmd, ping, wait_until};
 use serde_json::{Value, json};
 
 const ROUTER: Ipv4Addr = lanlink_lab::ROUTER;
@@ -184,11 +184,14 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     // containers' cgroups.
     let ps = podman.run_ok(&["ps", "--all", "--quiet"], PODMAN_TIMEOUT)?;
     ensure!(ps.trim().is_empty(), "containers left: {ps}");
-    ensure!(
-        network_results(&podman).is_empty(),
-        "libcni results left: {:?}",
-        network_results(&podman)
-    );
+    // libcni drops its cached result after the DEL, in podman's cleanup
+    // process, which may still be finishing when `run --rm` returns.
+    wait_until(
+        Duration::from_secs(5),
+        "libcni's cached results removed",
+        || Ok(network_results(&podman).is_empty().then_some(())),
+    )
+    .with_context(|| format!("libcni results left: {:?}", network_results(&podman)))?;
     drop(podman);
     Ok(())
 }

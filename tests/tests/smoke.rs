@@ -17,6 +17,16 @@ use nix::sys::signal::Signal;
 static LAB_NET: std::sync::LazyLock<std::path::PathBuf> =
     std::sync::LazyLock::new(|| lanlink_lab::tool("lab-net").expect("the lab-net tool"));
 
+/// Whether the running kernel is at least `major.minor`.
+fn kernel_at_least(major: u32, minor: u32) -> Result<bool> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")?;
+    let mut parts = release.trim().split(['.', '-']).map(str::parse::<u32>);
+    let (Some(Ok(a)), Some(Ok(b))) = (parts.next(), parts.next()) else {
+        anyhow::bail!("cannot read the kernel release {release:?}");
+    };
+    Ok((a, b) >= (major, minor))
+}
+
 /// On a node whose FORWARD policy is DROP: two pods lease from dnsmasq and
 /// reach the router, each other and a LAN host; a LAN broadcast reaches
 /// both; the agent is SIGKILLed and restarted under a 20/s ping from each
@@ -34,6 +44,18 @@ fn a_node_end_to_end() -> Result<()> {
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
         pods::agent_status(&agent)?["attach"]
     );
+    // Where the kernel has no TCX, `--attach tcx` is refused with one line
+    // that names it.
+    if !kernel_at_least(6, 6)? {
+        let refused = Agent::start_with_args(&node, &["--attach", "tcx"])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        ensure!(
+            refused.contains("has no TCX, which lanlink needs: it came in Linux 6.6"),
+            "--attach tcx on this kernel: {refused}"
+        );
+    }
     let p1 = add_pod(&node, &agent, "p1")?;
     let p2 = add_pod(&node, &agent, "p2")?;
 

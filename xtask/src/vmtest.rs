@@ -28,19 +28,19 @@ use crate::{build, setup};
 struct Kernel {
     /// What it stands for.
     name: &'static str,
-    /// The Debian suite its `linux-image-amd64` comes from (`None`: the
-    /// release's own).
-    suite: Option<&'static str>,
+    /// The Debian suite its `linux-image-amd64` comes from (named even for
+    /// the release's own: with backports added, apt's candidate is theirs).
+    suite: &'static str,
 }
 
 const MATRIX: [Kernel; 2] = [
     Kernel {
         name: "Debian 12 (6.1, clsact)",
-        suite: None,
+        suite: "bookworm",
     },
     Kernel {
         name: "bookworm-backports (6.12, TCX)",
-        suite: Some("bookworm-backports"),
+        suite: "bookworm-backports",
     },
 ];
 
@@ -156,13 +156,8 @@ fn cache_dir() -> PathBuf {
 
 /// `kernel`'s image, downloaded and unpacked with its modules if missing.
 fn kernel_image(kernel: &Kernel) -> Result<PathBuf> {
-    if let Some(suite) = kernel.suite {
-        add_suite(suite)?;
-    }
-    let meta = match kernel.suite {
-        Some(suite) => format!("linux-image-amd64/{suite}"),
-        None => "linux-image-amd64".to_owned(),
-    };
+    add_suite(kernel.suite)?;
+    let meta = format!("linux-image-amd64/{}", kernel.suite);
     // `Depends: linux-image-<release> (= <version>)`.
     let show = stdout_of(Command::new("apt-cache").args(["show", &meta]));
     let package = show
@@ -178,10 +173,7 @@ fn kernel_image(kernel: &Kernel) -> Result<PathBuf> {
     if !modules.join("modules.dep").is_file() {
         let download = cache_dir().join("download");
         std::fs::create_dir_all(&download)?;
-        let target = match kernel.suite {
-            Some(suite) => format!("{package}/{suite}"),
-            None => package.clone(),
-        };
+        let target = format!("{package}/{}", kernel.suite);
         exec(
             Command::new("apt-get")
                 .current_dir(&download)
@@ -211,14 +203,20 @@ fn kernel_image(kernel: &Kernel) -> Result<PathBuf> {
 }
 
 /// Adds Debian suite `suite` beside the release's own (same mirror and
-/// key, read from the release's sources), once.
+/// key, read from the release's sources), unless apt has it.
 fn add_suite(suite: &str) -> Result<()> {
     let file = PathBuf::from(format!("/etc/apt/sources.list.d/lanlink-{suite}.sources"));
-    if file.is_file() {
-        return Ok(());
-    }
     let sources = std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
         .context("no /etc/apt/sources.list.d/debian.sources to take the mirror from")?;
+    let listed = |text: &str| {
+        text.lines().any(|l| {
+            l.strip_prefix("Suites:")
+                .is_some_and(|v| v.split_whitespace().any(|w| w == suite))
+        })
+    };
+    if file.is_file() || listed(&sources) {
+        return Ok(());
+    }
     let release = suite.split('-').next().unwrap_or(suite);
     let stanza = sources
         .split("\n\n")

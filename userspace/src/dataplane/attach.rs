@@ -89,6 +89,15 @@ pub fn check_kernel(mode: AttachMode) -> Result<(), KernelTooOld> {
     let running = std::fs::read_to_string("/proc/sys/kernel/osrelease")
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|_| format!("{v:?}"));
+    check_release(v, running, mode)
+}
+
+/// [`check_kernel`] for kernel `v`, called `running`.
+fn check_release(
+    v: aya::util::KernelVersion,
+    running: String,
+    mode: AttachMode,
+) -> Result<(), KernelTooOld> {
     let has = |(major, minor): (u8, u8)| v >= aya::util::KernelVersion::new(major, minor, 0);
     let (what, since) = NEEDS;
     if !has(since) {
@@ -324,5 +333,42 @@ fn os_error(e: &ProgramError) -> Option<i32> {
         }
         ProgramError::TcError(TcError::IoError(e)) => e.raw_os_error(),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aya::util::KernelVersion;
+
+    use super::*;
+
+    fn check(major: u8, minor: u8, mode: AttachMode) -> Result<(), String> {
+        let v = KernelVersion::new(major, minor, 0);
+        check_release(v, format!("{major}.{minor}.0-test"), mode).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_kernel_without_a_needed_feature_is_named_in_one_line() {
+        let err = check(5, 4, AttachMode::Tc).unwrap_err();
+        assert_eq!(
+            err,
+            "this kernel (5.4.0-test) has no bpf_redirect_peer and bpf_redirect_neigh, which \
+             lanlink needs: it came in Linux 5.10"
+        );
+        let err = check(6, 1, AttachMode::Tcx).unwrap_err();
+        assert_eq!(
+            err,
+            "this kernel (6.1.0-test) has no TCX, which lanlink needs: it came in Linux 6.6; \
+             use --attach tc (or auto) on this kernel"
+        );
+        assert!(!err.contains('\n'));
+    }
+
+    #[test]
+    fn supported_kernels_pass() {
+        check(5, 10, AttachMode::Tc).unwrap();
+        check(6, 1, AttachMode::Tc).unwrap();
+        check(6, 6, AttachMode::Tcx).unwrap();
+        check(6, 18, AttachMode::Tcx).unwrap();
     }
 }
