@@ -96,6 +96,37 @@ fn record(
     }
 }
 
+/// Starts a lanlink ADD (with `ipam.arpProbeMs` = `probe_ms`, `None`: the
+/// default) for every namespace at once; returns each result, in order, and
+/// the wall time from the first start to the last result.
+pub fn add_at_once(
+    topo: &Topology,
+    namespaces: &[NetNs],
+    probe_ms: Option<u64>,
+) -> (Vec<Result<serde_json::Value>>, Duration) {
+    let started = Instant::now();
+    let outs = std::thread::scope(|s| {
+        let handles: Vec<_> = namespaces
+            .iter()
+            .map(|ns| {
+                s.spawn(move || {
+                    topo.lanlink
+                        .add_probing(&topo.bin_dir, ns, probe_ms)
+                        .and_then(|(out, _)| out.ok())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("an ADD thread panicked")))
+            })
+            .collect()
+    });
+    (outs, started.elapsed())
+}
+
 /// Adds lanlink pods until the node has `total`, in batches of at most
 /// `batch` ADDs started at once; every batch is timed and appended to
 /// `batches` (also when one fails).
@@ -115,25 +146,7 @@ pub fn grow_lanlink(
         let namespaces = (0..k)
             .map(|i| NetNs::new(&format!("ll-idle-{}", first + i)))
             .collect::<Result<Vec<_>>>()?;
-        let started = Instant::now();
-        let outs: Vec<Result<serde_json::Value>> = std::thread::scope(|s| {
-            let handles: Vec<_> = namespaces
-                .iter()
-                .map(|ns| {
-                    let side = &topo.lanlink;
-                    let bin_dir = &topo.bin_dir;
-                    s.spawn(move || side.add(bin_dir, ns).and_then(|(out, _)| out.ok()))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| Err(anyhow::anyhow!("an ADD thread panicked")))
-                })
-                .collect()
-        });
-        let wall = started.elapsed();
+        let (outs, wall) = add_at_once(topo, &namespaces, None);
         let mut failures = 0;
         let mut first_error = None;
         for (ns, out) in namespaces.into_iter().zip(outs) {

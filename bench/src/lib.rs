@@ -12,9 +12,12 @@
 //!    [`topo`].
 //! 2. `cni`: ADD latency of lanlink and the reference `bridge` + `dhcp`
 //!    plugins ([`cni`]).
-//! 3. `scale`: 1, 50 and 250 pods attached (lanlink's by concurrent ADDs,
+//! 3. `attach`: CNI ADD latency and a batch of concurrent ADDs with each
+//!    attach backend of the agent (`--attach tcx`, `--attach tc`)
+//!    ([`attach`]).
+//! 4. `scale`: 1, 50 and 250 pods attached (lanlink's by concurrent ADDs,
 //!    timed), the agent's memory, throughput and latency at each level.
-//! 4. `flows65k`: a scrape of `GET /metrics` and a CNI DEL with the pinned
+//! 5. `flows65k`: a scrape of `GET /metrics` and a CNI DEL with the pinned
 //!    `FLOWS` map full (65,536 entries) and empty, in a lab of its own
 //!    ([`flows65k`]).
 //!
@@ -23,6 +26,7 @@
 //! `target/bench-only/`). A run fails (exit non-zero) when any variant
 //! produced no numbers; the targets are reported, never asserted.
 
+pub mod attach;
 pub mod charts;
 pub mod cni;
 pub mod flows65k;
@@ -51,6 +55,8 @@ pub enum Phase {
     Datapath,
     /// CNI ADD latency, lanlink against the reference plugins.
     Cni,
+    /// CNI ADD and concurrent ADDs with each attach backend (TCX, clsact).
+    Attach,
     /// 1 to 250 pods per node: concurrent ADDs, memory, throughput, latency.
     Scale,
     /// `GET /metrics` and CNI DEL with a full and an empty `FLOWS` map.
@@ -59,7 +65,13 @@ pub enum Phase {
 
 impl Phase {
     /// Every phase, in the order a run does them.
-    pub const ALL: [Phase; 4] = [Phase::Datapath, Phase::Cni, Phase::Scale, Phase::Flows65k];
+    pub const ALL: [Phase; 5] = [
+        Phase::Datapath,
+        Phase::Cni,
+        Phase::Attach,
+        Phase::Scale,
+        Phase::Flows65k,
+    ];
 
     /// Whether the phase needs the three-variant lab of [`topo`].
     fn needs_topology(self) -> bool {
@@ -402,6 +414,34 @@ fn run_phases(
             Err(e) => results.errors.push(format!("CNI ADD latency: {e:#}")),
         }
         loadavg(results, "CNI end");
+    }
+
+    if phases.contains(&Phase::Attach) {
+        println!(
+            "\n== attach backends: {} sequential ADDs (arpProbeMs 0), then {} at once, each",
+            plan.cni_pods, plan.concurrent
+        );
+        match attach::measure(topo, plan.cni_pods, plan.concurrent) {
+            Ok(series) => {
+                for r in &series {
+                    println!(
+                        "--attach {:<4} ADD p50 {} p99 {}; {} concurrent ADDs {:.0} ms; {} failed",
+                        r.backend,
+                        ms(r.add_p50_ms),
+                        ms(r.add_p99_ms),
+                        r.concurrent,
+                        r.concurrent_wall_ms,
+                        r.failures.len()
+                    );
+                    for f in &r.failures {
+                        results.errors.push(format!("attach {}: {f}", r.backend));
+                    }
+                }
+                results.attach = series;
+            }
+            Err(e) => results.errors.push(format!("attach backends: {e:#}")),
+        }
+        loadavg(results, "attach end");
     }
 
     if phases.contains(&Phase::Scale) {

@@ -176,6 +176,9 @@ pub struct Results {
     pub cni_add: Vec<CniResult>,
     /// Concurrent ADD batches.
     pub concurrent_add: Vec<ConcurrentResult>,
+    /// CNI ADD with each attach backend (absent from runs before it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attach: Vec<crate::attach::AttachResult>,
     /// Agent memory by pod count.
     pub agent_rss: Vec<RssResult>,
     /// Scale phase.
@@ -218,6 +221,17 @@ impl Results {
         }
         if phases.contains(&Phase::Cni) {
             self.missing_cni(&mut missing);
+        }
+        if phases.contains(&Phase::Attach) {
+            for backend in crate::attach::BACKENDS {
+                match self.attach.iter().find(|a| a.backend == backend) {
+                    Some(a) if a.add_samples_ms.is_empty() => {
+                        missing.push(format!("attach {backend}: no successful ADD"));
+                    }
+                    Some(_) => {}
+                    None => missing.push(format!("attach {backend}: not measured")),
+                }
+            }
         }
         if phases.contains(&Phase::Scale) {
             self.missing_scale(&mut missing);
@@ -330,6 +344,7 @@ impl Results {
         self.headline_markdown(&mut md);
         self.datapath_markdown(&mut md);
         self.cni_markdown(&mut md);
+        self.attach_markdown(&mut md);
         self.scale_markdown(&mut md);
         if let Some(f) = &self.flows65k {
             f.markdown(&mut md);
@@ -490,6 +505,39 @@ impl Results {
                 }
             }
             let _ = writeln!(md);
+        }
+    }
+
+    fn attach_markdown(&self, md: &mut String) {
+        if self.attach.is_empty() {
+            return;
+        }
+        let _ = writeln!(md, "\n## Attach backends\n");
+        let _ = writeln!(
+            md,
+            "The lanlink agent restarted with `--attach tcx` (BPF links) and with \
+             `--attach tc` (clsact + cls_bpf) in turn; sequential ADDs with \
+             `ipam.arpProbeMs: 0` (the two program attaches are most of an ADD \
+             then), and one batch of ADDs started at once.\n"
+        );
+        let _ = writeln!(
+            md,
+            "| backend | ADDs | p50 | p99 | concurrent ADDs | wall time | failures |\n\
+             |---|---|---|---|---|---|---|"
+        );
+        let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
+        for a in &self.attach {
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {:.0} ms | {} |",
+                a.backend,
+                a.add_samples_ms.len(),
+                ms(a.add_p50_ms),
+                ms(a.add_p99_ms),
+                a.concurrent,
+                a.concurrent_wall_ms,
+                a.failures.len()
+            );
         }
     }
 

@@ -1,7 +1,8 @@
 //! Restart without loss (issue 3): forwarding for existing pods goes on
 //! while the agent is SIGKILLed and started again; the new agent re-adopts
-//! the pinned maps and swaps its programs into the pinned TCX links (or the
-//! TC filters, with `LANLINK_ATTACH=tc`, as `cargo xtask test` runs it again).
+//! the pinned maps and swaps its programs into the TC filters (the default)
+//! or, with `LANLINK_ATTACH=tcx` as `cargo xtask test` runs it again, the
+//! pinned TCX links.
 
 use std::time::Duration;
 

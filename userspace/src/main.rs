@@ -84,11 +84,12 @@ struct RunArgs {
         default_value_t = lanlink_agent::flows::DEFAULT_IDLE_TIMEOUT.as_secs()
     )]
     flow_timeout: u64,
-    /// How the programs are attached: `tcx` (BPF links, Linux 6.6 and
-    /// later), `tc` (clsact qdisc and cls_bpf filters, older kernels), or
-    /// `auto`, TCX where the kernel has it. Switching on a running node
-    /// hands over without a gap.
-    #[arg(long, env = "LANLINK_ATTACH", value_enum, default_value_t = AttachChoice::Auto)]
+    /// How the programs are attached: `tc` (clsact qdisc and cls_bpf
+    /// filters, every supported kernel; the default: an ADD attaches in a
+    /// quarter of TCX's time, see the README's Benchmarks), `tcx` (BPF
+    /// links, Linux 6.6 and later), or `auto` (TCX where the kernel has it).
+    /// Switching on a running node hands over without a gap.
+    #[arg(long, env = "LANLINK_ATTACH", value_enum, default_value_t = AttachChoice::Tc)]
     attach: AttachChoice,
     /// The iptables binary for the agent's FORWARD accepts and masquerade
     /// (`iptables-legacy`, `iptables-nft` or a path; `<it>-restore` must exist too).

@@ -2,7 +2,7 @@
 //! the format check, clippy (`-D warnings`) over the workspace and the eBPF
 //! crate, then every test of the workspace with the built
 //! binaries; extra arguments go to `cargo test`. Without extra arguments,
-//! the attach scenarios run again with the legacy TC backend, the VM smoke
+//! the attach scenarios run again with the TCX backend, the VM smoke
 //! test boots older kernels (`cargo xtask vmtest`), and `cargo xtask bench
 //! --quick` follows (every benchmark variant must still produce numbers).
 
@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use crate::util::{self, exec};
 use crate::{bench, build, ebpf, setup, vmtest};
 
-/// The scenario files run a second time with `--attach tc` (through
+/// The scenario files run a second time with `--attach tcx` (through
 /// `LANLINK_ATTACH`): those that attach, restart, switch and detach.
 const TC_PASS: [&str; 5] = ["smoke", "restart", "dataplane", "cni_verbs", "chaining"];
 
@@ -56,19 +56,19 @@ pub fn run(args: &[String]) -> Result<()> {
             .env("LANLINK_BIN_DIR", &built.bin_dir),
     )
     .context("tests failed");
-    // The scenarios that attach, restart and detach, again with the legacy
-    // TC backend (clsact; what kernels before 6.6 get), on this kernel.
+    // The scenarios that attach, restart and detach, again with the TCX
+    // backend (the default is clsact), on this kernel.
     let tc_pass = if args.is_empty() {
         exec(
             util::cargo()
                 .current_dir(&root)
                 .args(["test", "-p", "lanlink-tests", "--no-fail-fast"])
                 .args(TC_PASS.iter().flat_map(|t| ["--test", t]))
-                .env("LANLINK_ATTACH", "tc")
+                .env("LANLINK_ATTACH", "tcx")
                 .env("LANLINK_EBPF_OBJ", &built.ebpf_obj)
                 .env("LANLINK_BIN_DIR", &built.bin_dir),
         )
-        .context("tests with LANLINK_ATTACH=tc failed")
+        .context("tests with LANLINK_ATTACH=tcx failed")
     } else {
         Ok(())
     };

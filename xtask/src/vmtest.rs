@@ -8,7 +8,8 @@
 //! - The matrix: Debian 12's own 6.1 (no TCX: the agent attaches with
 //!   clsact) and `bookworm-backports`' 6.12 (TCX); the host's kernel runs
 //!   the whole suite already.
-//! - Each guest runs the smoke test binary built here, under software
+//! - Each guest runs the smoke test binary built here with `LANLINK_ATTACH=auto`
+//!   (so each kernel gets its best backend), under software
 //!   emulation (nested KVM hangs on this machine kind), bounded by
 //!   [`GUEST_LIMIT`], and writes its output to a directory shared with the
 //!   host. Prints the guest's `uname -r`, the test's output, and a closing
@@ -280,7 +281,8 @@ fn guest(vng: &Path, image: &Path, smoke: &Path, bin_dir: &Path) -> Result<Outco
              for m in {modules}; do modprobe $m || echo \"modprobe $m failed\"; done\n\
              mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
              cd {root}\n\
-             LANLINK_BIN_DIR={bin} LANLINK_LAB_BIN_DIR={bin} timeout {limit} {smoke} \
+             LANLINK_ATTACH=auto LANLINK_BIN_DIR={bin} LANLINK_LAB_BIN_DIR={bin} \
+             timeout {limit} {smoke} \
              --test-threads 1 --nocapture\n\
              echo \"exit $?\"\n",
             root = util::root().display(),
