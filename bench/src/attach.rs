@@ -35,6 +35,33 @@ pub struct AttachResult {
     pub failures: Vec<String>,
 }
 
+/// The phase: [`measure`], printed, its failures kept as the run's errors.
+pub fn phase(topo: &mut Topology, n: usize, batch: usize, results: &mut crate::report::Results) {
+    println!(
+        "\n== attach backends: {n} sequential ADDs (arpProbeMs 0), then {batch} at once, each"
+    );
+    let series = match measure(topo, n, batch) {
+        Ok(series) => series,
+        Err(e) => return results.errors.push(format!("attach backends: {e:#}")),
+    };
+    for r in &series {
+        println!(
+            "--attach {:<4} ADD p50 {} p99 {}; {} concurrent ADDs {:.0} ms; {} failed",
+            r.backend,
+            crate::ms(r.add_p50_ms),
+            crate::ms(r.add_p99_ms),
+            r.concurrent,
+            r.concurrent_wall_ms,
+            r.failures.len()
+        );
+        let backend = &r.backend;
+        results
+            .errors
+            .extend(r.failures.iter().map(|f| format!("attach {backend}: {f}")));
+    }
+    results.attach = series;
+}
+
 /// Measures each backend: `n` sequential ADDs without the ARP probe, then
 /// `batch` ADDs started at once; deletes them all.
 pub fn measure(topo: &mut Topology, n: usize, batch: usize) -> Result<Vec<AttachResult>> {

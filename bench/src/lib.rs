@@ -417,30 +417,7 @@ fn run_phases(
     }
 
     if phases.contains(&Phase::Attach) {
-        println!(
-            "\n== attach backends: {} sequential ADDs (arpProbeMs 0), then {} at once, each",
-            plan.cni_pods, plan.concurrent
-        );
-        match attach::measure(topo, plan.cni_pods, plan.concurrent) {
-            Ok(series) => {
-                for r in &series {
-                    println!(
-                        "--attach {:<4} ADD p50 {} p99 {}; {} concurrent ADDs {:.0} ms; {} failed",
-                        r.backend,
-                        ms(r.add_p50_ms),
-                        ms(r.add_p99_ms),
-                        r.concurrent,
-                        r.concurrent_wall_ms,
-                        r.failures.len()
-                    );
-                    for f in &r.failures {
-                        results.errors.push(format!("attach {}: {f}", r.backend));
-                    }
-                }
-                results.attach = series;
-            }
-            Err(e) => results.errors.push(format!("attach backends: {e:#}")),
-        }
+        attach::phase(topo, plan.cni_pods, plan.concurrent, results);
         loadavg(results, "attach end");
     }
 
@@ -653,6 +630,7 @@ fn scale(plan: &Plan, topo: &mut Topology, results: &mut Results) -> Result<()> 
     Ok(())
 }
 
+/// `v` ms with one decimal, or a dash.
 fn ms(v: Option<f64>) -> String {
     v.map_or("–".to_owned(), |v| format!("{v:.1} ms"))
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Phase;
 use crate::cni;
 use crate::flows65k::Flows65kResult;
+use crate::ms;
 use crate::stats::Summary;
 
 /// A datapath metric: key in JSON, label, unit, whether more is better.
@@ -525,7 +526,6 @@ impl Results {
             "| backend | ADDs | p50 | p99 | concurrent ADDs | wall time | failures |\n\
              |---|---|---|---|---|---|---|"
         );
-        let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
         for a in &self.attach {
             let _ = writeln!(
                 md,
@@ -560,7 +560,6 @@ impl Results {
         for c in &self.cni_add {
             let min = c.samples_ms.iter().copied().reduce(f64::min);
             let max = c.samples_ms.iter().copied().reduce(f64::max);
-            let ms = |v: Option<f64>| v.map_or("–".to_owned(), |v| format!("{v:.1} ms"));
             let _ = writeln!(
                 md,
                 "| {} | {} | {} | {} | {} | {} | {} |",

@@ -97,9 +97,20 @@ impl OneNode {
 
     /// The lab with `lan` options and `agent` options.
     pub fn start_with(lan: LanOptions, agent: AgentOptions) -> Result<Self> {
+        Self::start_prepared(lan, agent, |_| Ok(()))
+    }
+
+    /// [`OneNode::start_with`], running `prepare` on the node before the
+    /// agent starts (e.g. a hostile FORWARD chain).
+    pub fn start_prepared(
+        lan: LanOptions,
+        agent: AgentOptions,
+        prepare: impl FnOnce(&Node) -> Result<()>,
+    ) -> Result<Self> {
         let lan = Lan::new(lan)?;
         let host = lan.add_host("host", Self::HOST_IP)?;
         let node = Node::new(&lan, "node", Self::NODE_IP)?;
+        prepare(&node)?;
         let agent = Agent::start(&node, agent)?;
         Ok(Self {
             agent,

@@ -3,14 +3,13 @@
 //! binary in the guest kernels; it also runs here, on the host's kernel,
 //! with either attach backend).
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
 use lanlink_lab::cleanup::LabDir;
 use lanlink_lab::ping::BgPing;
 use lanlink_lab::pods::{self, add_pod, del_pod};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ROUTER, ping};
+use lanlink_lab::{Agent, AgentOptions, LanOptions, OneNode, ROUTER, ping};
 use nix::sys::signal::Signal;
 
 /// The lab's traffic tool (a binary of `lanlink-lab`).
@@ -34,20 +33,20 @@ fn kernel_at_least(major: u32, minor: u32) -> Result<bool> {
 #[test]
 fn a_node_end_to_end() -> Result<()> {
     lanlink_lab::require_root();
-    let lan = Lan::new(LanOptions::default())?;
-    let host = lan.add_host("host", Ipv4Addr::new(198, 18, 0, 50))?;
-    let node = Node::new(&lan, "node", Ipv4Addr::new(198, 18, 0, 10))?;
-    pods::hostile_forward(&node, 100)?;
-    let mut agent = Agent::start(&node, AgentOptions::default())?;
+    let mut lab =
+        OneNode::start_prepared(LanOptions::default(), AgentOptions::default(), |node| {
+            pods::hostile_forward(node, 100)
+        })?;
+    let (lan, host, node, agent) = (&lab.lan, &lab.host, &lab.node, &mut lab.agent);
     eprintln!(
         "kernel {}, attach {}",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-        pods::agent_status(&agent)?["attach"]
+        pods::agent_status(agent)?["attach"]
     );
     // Where the kernel has no TCX, `--attach tcx` is refused with one line
     // that names it.
     if !kernel_at_least(6, 6)? {
-        let refused = Agent::start_with_args(&node, &["--attach", "tcx"])
+        let refused = Agent::start_with_args(node, &["--attach", "tcx"])
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();
@@ -56,8 +55,8 @@ fn a_node_end_to_end() -> Result<()> {
             "--attach tcx on this kernel: {refused}"
         );
     }
-    let p1 = add_pod(&node, &agent, "p1")?;
-    let p2 = add_pod(&node, &agent, "p2")?;
+    let p1 = add_pod(node, agent, "p1")?;
+    let p2 = add_pod(node, agent, "p2")?;
 
     for (from, to, what) in [
         (&p1.ns, ROUTER, "p1 → router"),
@@ -121,10 +120,10 @@ fn a_node_end_to_end() -> Result<()> {
 
     // DEL leaves nothing.
     for p in [&p1, &p2] {
-        del_pod(&node, &agent, p)?;
+        del_pod(node, agent, p)?;
     }
     let pin = agent.pin_dir();
-    ensure!(pods::host_veths(&node)?.is_empty(), "veths left");
+    ensure!(pods::host_veths(node)?.is_empty(), "veths left");
     for map in ["EP_BY_MAC", "EP_BY_IF"] {
         ensure!(pods::map_len(pin, map)? == 0, "{map} left");
     }
@@ -136,7 +135,7 @@ fn a_node_end_to_end() -> Result<()> {
     for p in [&p1, &p2] {
         lan.wait_for_no_lease(&p.mac, Duration::from_secs(10))?;
     }
-    let (policy, matched) = pods::forward_counters(&node)?;
+    let (policy, matched) = pods::forward_counters(node)?;
     ensure!(
         policy == 0 && matched == 0,
         "FORWARD dropped {policy} and matched {matched} packets"
