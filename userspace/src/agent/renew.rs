@@ -142,23 +142,24 @@ impl<K: Kernel> Agent<K> {
         if let Err(e) = self.maps.register(ep.host_ifindex, entry) {
             warn!(attachment = %key, error = %e, "cannot mark endpoint expired");
         }
-        if let Err(e) = self.commit(key, Some(ep.clone())).await {
+        if let Some(l) = &ep.lease {
+            // The server may lease the address to another LAN host next:
+            // the node must stop routing it to this pod.
+            if let Err(e) = self.links.del_host_route(l.address, ep.host_ifindex).await {
+                warn!(attachment = %key, error = %e, "cannot remove the host route of the expired address");
+            }
+            if let Err(e) = self
+                .links
+                .remove_pod_address(Path::new(&ep.netns), &ep.ifname, l.address, l.prefix_len)
+                .await
+            {
+                warn!(attachment = %key, error = %e, "cannot remove the expired address");
+            }
+        }
+        // Last: once the API says expired, the pod and the node have let
+        // the address go.
+        if let Err(e) = self.commit(key, Some(ep)).await {
             warn!(attachment = %key, error = %e, "cannot persist expiry");
-        }
-        let Some(l) = &ep.lease else {
-            return;
-        };
-        // The server may lease the address to another LAN host next: the
-        // node must stop routing it to this pod.
-        if let Err(e) = self.links.del_host_route(l.address, ep.host_ifindex).await {
-            warn!(attachment = %key, error = %e, "cannot remove the host route of the expired address");
-        }
-        if let Err(e) = self
-            .links
-            .remove_pod_address(Path::new(&ep.netns), &ep.ifname, l.address, l.prefix_len)
-            .await
-        {
-            warn!(attachment = %key, error = %e, "cannot remove the expired address");
         }
     }
 }
