@@ -38,11 +38,17 @@ fn a_node_end_to_end() -> Result<()> {
             pods::hostile_forward(node, 100)
         })?;
     let (lan, host, node, agent) = (&lab.lan, &lab.host, &lab.node, &mut lab.agent);
+    let attach = pods::agent_status(agent)?["attach"].clone();
     eprintln!(
-        "kernel {}, attach {}",
-        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim(),
-        pods::agent_status(agent)?["attach"]
+        "kernel {}, attach {attach}",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")?.trim()
     );
+    // `auto` (as `cargo xtask vmtest` runs it): TCX exactly where the kernel
+    // has it.
+    if std::env::var("LANLINK_ATTACH").as_deref() == Ok("auto") {
+        let want = if kernel_at_least(6, 6)? { "tcx" } else { "tc" };
+        ensure!(attach == want, "--attach auto chose {attach}, not {want}");
+    }
     // Where the kernel has no TCX, `--attach tcx` is refused with one line
     // that names it.
     if !kernel_at_least(6, 6)? {

@@ -26,7 +26,7 @@ use lanlink_common::{
 use crate::paths;
 
 mod attach;
-pub use attach::{AttachMode, KernelTooOld, TC_PRIORITY, check_kernel};
+pub use attach::{AttachMode, KernelTooOld, check_kernel};
 
 /// The eBPF object, embedded at build time (see build.rs).
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lanlink.bpf.o"));
@@ -265,13 +265,10 @@ impl Dataplane {
     }
 
     fn link_pin(&self, ifname: &str, hook: Hook) -> PathBuf {
-        // bpffs refuses names with '.', which interface names may contain
-        // (VLANs: eth0.100); ':' never appears in one (dev_valid_name).
-        let ifname = ifname.replace('.', ":");
         self.cfg
             .pin_dir
             .join(paths::LINKS_DIR)
-            .join(format!("{}-{ifname}", hook.program()))
+            .join(pin_name(ifname, hook))
     }
 
     /// Attaches `hook`'s program to `ifname` and pins the link. If a pinned
@@ -463,6 +460,21 @@ impl Dataplane {
     }
 }
 
+/// The name of `hook`'s attachment pin on `ifname`: `<program>-<ifname>`,
+/// with '.' as ':' (bpffs refuses names with '.', which interface names may
+/// contain, VLANs: eth0.100; ':' never appears in one, `dev_valid_name`).
+fn pin_name(ifname: &str, hook: Hook) -> String {
+    format!("{}-{}", hook.program(), ifname.replace('.', ":"))
+}
+
+/// The hook and interface of an attachment pin's name ([`pin_name`]).
+fn parse_pin_name(name: &str) -> Option<(Hook, String)> {
+    [Hook::FromPod, Hook::ToPod, Hook::FromLan]
+        .into_iter()
+        .find_map(|h| Some((h, name.strip_prefix(h.program())?.strip_prefix('-')?)))
+        .map(|(h, ifname)| (h, ifname.replace(':', ".")))
+}
+
 /// Detaches every program pinned under `pin_dir`'s `links/` (a TC filter
 /// too, which a pin alone does not hold) and removes the pins; returns the
 /// pins it removed. For `lanlinkd uninstall`, with no agent running.
@@ -481,13 +493,10 @@ pub fn detach_all(pin_dir: &Path) -> Result<Vec<String>, DataplaneError> {
     let mut removed = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some((hook, ifname)) = [Hook::FromPod, Hook::ToPod, Hook::FromLan]
-            .into_iter()
-            .find_map(|h| Some((h, name.strip_prefix(h.program())?.strip_prefix('-')?)))
-        else {
+        let Some((hook, ifname)) = parse_pin_name(&name) else {
             continue;
         };
-        attach::detach(&ifname.replace(':', "."), hook, &entry.path())?;
+        attach::detach(&ifname, hook, &entry.path())?;
         removed.push(name);
     }
     Ok(removed)
@@ -635,6 +644,18 @@ pub fn open_pinned_stats(pin_dir: &Path) -> Result<PerCpuArray<MapData, Counter>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pin_names_round_trip() {
+        for hook in [Hook::FromPod, Hook::ToPod, Hook::FromLan] {
+            for ifname in ["eth0", "eth0.100", "ll1234abcd"] {
+                let name = pin_name(ifname, hook);
+                assert!(!name.contains('.'), "{name}");
+                assert_eq!(parse_pin_name(&name), Some((hook, ifname.to_owned())));
+            }
+        }
+        assert_eq!(parse_pin_name("from_podx-eth0"), None);
+    }
 
     /// Applies `writes` one at a time to `array` and checks, after each
     /// one, that a reader walking the list sees every member of `stay`

@@ -678,6 +678,7 @@ mod tests {
             "# TYPE lanlink_api_request_duration_seconds histogram",
             "lanlink_api_request_duration_seconds_bucket{le=\"0.5\",method=\"POST\",route=\"/v1/cni/add\",status=\"200\"} 1",
             "lanlink_agent_ready 1",
+            "lanlink_agent_info{version=\"0.1.0\",uplink=\"eth0\",attach=\"tcx\",adopted=\"false\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

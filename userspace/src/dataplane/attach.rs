@@ -8,7 +8,7 @@
 //!   agent replaces the filter's program in place (`RTM_NEWTFILTER` without
 //!   `NLM_F_EXCL`) and forwarding never stops. The program is pinned at the
 //!   same path as a TCX link would be, so `bpftool` finds it and
-//!   [`is_attached`] reads the same.
+//!   `Dataplane::is_attached` reads the same for both.
 //!
 //! An agent started with the other backend than the one pinned attaches its
 //! own first, then takes the old one down: no gap, and nothing left.
@@ -24,8 +24,7 @@ use aya::programs::{
 use super::{DataplaneError, Hook, prog_err};
 
 /// How the programs are attached.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AttachMode {
     /// TCX links (Linux ≥ 6.6).
     Tcx,
@@ -121,9 +120,9 @@ fn check_release(
 
 /// The cls_bpf filter priority of lanlink's programs: high enough to run
 /// before filters other tools add with the default priority (49152 and up).
-pub const TC_PRIORITY: u16 = 0x4c4c;
+const TC_PRIORITY: u16 = 0x4c4c;
 /// The filter handle within [`TC_PRIORITY`].
-pub const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
+const TC_HANDLE: TcHandle = TcHandle::new(0, 1);
 
 /// Attaches `hook`'s program `prog` to `ifname` with `mode` and pins it at
 /// `pin`, replacing (atomically) what a previous agent attached there.
