@@ -6,8 +6,13 @@
 //! (JSON, but not a valid request: a reserved DHCP option code, a value that
 //! is not hex, a CIDR with host bits…), never a panic or a bare 4xx text.
 
+mod peer;
+
 use std::{
-    os::unix::fs::PermissionsExt as _,
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -15,13 +20,17 @@ use std::{
 use anyhow::Context as _;
 use axum::{
     Json, Router,
-    extract::{FromRequest, Request, State, rejection::JsonRejection},
+    extract::{
+        DefaultBodyLimit, FromRequest, Request, State,
+        rejection::{BytesRejection, FailedToBufferBody, JsonRejection},
+    },
     http::StatusCode,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
 use lanlink_api::{ApiError, AttachmentRequest, GcRequest, codes, routes};
 use serde::de::DeserializeOwned;
+use tokio::net::UnixListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::agent::{Agent, AgentError, Kernel, Node};
@@ -47,13 +56,18 @@ impl IntoResponse for Failure {
     }
 }
 
+/// The largest request body the API reads (a CNI request is a few KiB);
+/// [`router`] refuses a larger one before buffering it whole.
+const MAX_BODY: usize = 64 * 1024;
+
 /// A JSON request body whose rejection is an [`ApiError`]: code 7 when the
 /// JSON is well-formed but not a valid request (the validated types of
-/// `lanlink_api` refuse it), code 6 otherwise.
+/// `lanlink_api` refuse it), code 6 otherwise; a body over [`MAX_BODY`] is
+/// code 6 with status 413.
 struct Body<T>(T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
-    type Rejection = Failure;
+    type Rejection = Response;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         match Json::<T>::from_request(req, state).await {
@@ -63,15 +77,26 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
                     JsonRejection::JsonDataError(_) => codes::INVALID_CONFIG,
                     _ => codes::DECODE,
                 };
+                let too_large = matches!(
+                    &rejection,
+                    JsonRejection::BytesRejection(BytesRejection::FailedToBufferBody(
+                        FailedToBufferBody::LengthLimitError(_)
+                    ))
+                );
                 let details = std::error::Error::source(&rejection)
                     .map(ToString::to_string)
                     .unwrap_or_default();
                 tracing::warn!(error = %rejection, details, code, "request refused");
-                Err(Failure(ApiError {
-                    code,
-                    msg: rejection.body_text(),
-                    details,
-                }))
+                let msg = if too_large {
+                    format!("the request body is larger than {MAX_BODY} bytes")
+                } else {
+                    rejection.body_text()
+                };
+                let mut response = Failure(ApiError { code, msg, details }).into_response();
+                if too_large {
+                    *response.status_mut() = StatusCode::PAYLOAD_TOO_LARGE;
+                }
+                Err(response)
             }
         }
     }
@@ -180,19 +205,34 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(routes::FLOWS, get(flows))
         .route(routes::METRICS, get(crate::metrics::handler))
         .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(agent)
 }
 
-/// Binds the socket (removing a stale one first, mode 0660) and serves until
-/// `shutdown` fires; the socket file is removed on the way out.
+/// Binds the socket root-only (mode 0600, replacing a stale one) and serves
+/// until `shutdown` fires, to peers that are root or the agent's own user
+/// ([`peer`]); the socket file is removed on the way out.
 pub async fn serve(
     agent: Arc<Agent>,
     socket: &Path,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    // The directory may be shared (the plugin's `socketPath`): created if
+    // missing, its mode left alone; the socket's own mode is what guards it.
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
+    let (listener, _cleanup) = bind(socket)?;
+    tracing::info!(socket = %socket.display(), "serving the API");
+    axum::serve(peer::PeerChecked::new(listener), router(agent))
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .context("serve the API")
+}
+
+/// Binds `socket`, removing a stale one first; the file is mode 0600 from
+/// its first instant ([`bind_0600`]) and removed when the guard drops.
+fn bind(socket: &Path) -> anyhow::Result<(UnixListener, RemoveOnDrop)> {
     match std::fs::remove_file(socket) {
         Ok(()) => tracing::info!(socket = %socket.display(), "removed stale socket"),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -200,28 +240,80 @@ pub async fn serve(
             return Err(e).with_context(|| format!("remove stale socket {}", socket.display()));
         }
     }
-    let listener = tokio::net::UnixListener::bind(socket)
-        .with_context(|| format!("bind {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))
+    let listener = bind_0600(socket).with_context(|| format!("bind {}", socket.display()))?;
+    let cleanup =
+        RemoveOnDrop::new(socket).with_context(|| format!("open {}", socket.display()))?;
+    // Exactly 0600 whatever the umask took away from it at bind.
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("chmod {}", socket.display()))?;
-    tracing::info!(socket = %socket.display(), "serving the API");
-    let _cleanup = RemoveOnDrop(socket.to_path_buf());
-    axum::serve(listener, router(agent))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-        .context("serve the API")
+    Ok((listener, cleanup))
 }
 
-struct RemoveOnDrop(PathBuf);
+/// A listening socket at `path` whose file is created with mode 0600 (less
+/// what the umask takes), so it is never more open, not even between
+/// `bind()` and a `chmod`: Linux gives a Unix socket's file the mode of the
+/// socket's own inode masked by the umask (`unix_bind_bsd`,
+/// net/unix/af_unix.c), and that inode is set by `fchmod` before `bind()`.
+/// Setting a umask instead would race the agent's other threads, as it is
+/// one per process.
+fn bind_0600(path: &Path) -> std::io::Result<UnixListener> {
+    use nix::sys::{
+        socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr},
+        stat::{self, Mode},
+    };
+    let fd = socket::socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )?;
+    stat::fchmod(fd.as_raw_fd(), Mode::S_IRUSR | Mode::S_IWUSR)?;
+    socket::bind(fd.as_raw_fd(), &UnixAddr::new(path)?)?;
+    // tokio's own `UnixListener::bind` backlog.
+    socket::listen(&fd, Backlog::new(1024)?)?;
+    UnixListener::from_std(std::os::unix::net::UnixListener::from(fd))
+}
+
+/// Removes the socket file on drop if it is still the one this agent bound:
+/// an agent started meanwhile (a rolling update) keeps its own. It holds the
+/// file open (`O_PATH`, as a socket cannot be opened for I/O), so its inode
+/// number cannot be reused by a newer socket and comparing device and inode
+/// is exact.
+struct RemoveOnDrop {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl RemoveOnDrop {
+    fn new(path: &Path) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(path)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+        })
+    }
+}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
+        let id = |m: std::fs::Metadata| (m.dev(), m.ino());
+        let ours = match (self.file.metadata(), std::fs::symlink_metadata(&self.path)) {
+            (Ok(held), Ok(now)) => id(held) == id(now),
+            _ => false,
+        };
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::FileTypeExt as _;
+
     use axum::{body::Body as HttpBody, http::Request as HttpRequest};
     use http_body_util::BodyExt as _;
     use tower::ServiceExt as _;
@@ -305,5 +397,98 @@ mod tests {
         t.agent.readopt().await;
         let (_, body) = call(&t, "GET", routes::STATUS, String::new()).await;
         assert_eq!(body["ready"], true, "{body}");
+    }
+
+    /// Sends `body` to `route` of `app` with POST; the status and the JSON
+    /// answer.
+    async fn post(app: Router, route: &str, body: String) -> (StatusCode, serde_json::Value) {
+        let req = HttpRequest::builder()
+            .method("POST")
+            .uri(route)
+            .header("content-type", "application/json")
+            .body(HttpBody::from(body))
+            .unwrap();
+        let res = app.oneshot(req).await.unwrap();
+        let status = res.status();
+        let bytes = res.into_body().collect().await.unwrap().to_bytes();
+        (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// `body` padded with trailing white space to `len` bytes: still the
+    /// same valid request, only longer.
+    fn padded(mut body: String, len: usize) -> String {
+        body.push_str(&" ".repeat(len - body.len()));
+        body
+    }
+
+    #[tokio::test]
+    async fn a_body_over_64_kib_answers_413_with_an_api_error_and_a_normal_add_goes_on() {
+        let t = TestAgent::start().await;
+        // The limit as `router` sets it.
+        let app = || {
+            agent_routes()
+                .layer(DefaultBodyLimit::max(MAX_BODY))
+                .with_state(Arc::clone(&t.agent))
+        };
+        let ok = serde_json::json!([{"code": 60, "value": "0x0a0B"}]);
+        let (status, body) = post(
+            app(),
+            routes::CNI_ADD,
+            padded(add_body(ok.clone()), 100 * 1024),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        assert_eq!(body["code"], codes::DECODE, "{body}");
+        assert!(body["msg"].as_str().unwrap().contains("65536"), "{body}");
+        assert!(t.world().calls.is_empty(), "{:?}", t.world().calls);
+        let (status, body) = post(app(), routes::CNI_ADD, padded(add_body(ok), 60 * 1024)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::symlink_metadata(path).unwrap().mode() & 0o7777
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_0600_from_bind_on_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanlink.sock");
+        // Straight from bind(), before any chmod: 0777 less the umask
+        // without the fchmod.
+        let stale = bind_0600(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        drop(stale);
+        let (listener, _cleanup) = bind(&path).unwrap();
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_socket()
+        );
+        assert_eq!(mode(&path), 0o600);
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        assert_eq!(
+            server.peer_cred().unwrap().uid(),
+            nix::unistd::geteuid().as_raw()
+        );
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_removed_on_drop_unless_a_newer_agent_replaced_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("lanlink.sock");
+        let (_listener, cleanup) = bind(&path).unwrap();
+        drop(cleanup);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed");
+        let (_old, old_cleanup) = bind(&path).unwrap();
+        let (_new, new_cleanup) = bind(&path).unwrap();
+        drop(old_cleanup);
+        assert!(
+            std::fs::symlink_metadata(&path).is_ok(),
+            "the newer socket stays"
+        );
+        drop(new_cleanup);
+        assert!(std::fs::symlink_metadata(&path).is_err(), "removed");
     }
 }

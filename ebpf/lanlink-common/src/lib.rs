@@ -44,6 +44,21 @@ pub mod map_names {
     /// Per-CPU counters indexed by [`crate::StatSlot`] ([`crate::STATS_SLOTS`]
     /// slots): `u32` → [`crate::Counter`].
     pub const STATS: &str = "STATS";
+    /// First-hop guard of each endpoint, by host-veth ifindex: `u32` →
+    /// [`crate::EndpointGuard`] (storm and DHCP rate state, IPv6 claims).
+    pub const EP_GUARD: &str = "EP_GUARD";
+    /// Drops per endpoint, per CPU: host-veth ifindex `u32` →
+    /// [`crate::EndpointDrops`] (packets per `STATS` slot).
+    pub const EP_DROPS: &str = "EP_DROPS";
+    /// IPv6 addresses claimed by endpoints (first come, first served):
+    /// [`crate::Ipv6Key`] → host-veth ifindex `u32`.
+    pub const V6_OWNERS: &str = "V6_OWNERS";
+    /// Drop events for `lanlinkd monitor`: a ring buffer of
+    /// [`crate::DropEvent`], written only while `MONITOR[0]` is non-zero.
+    pub const DROP_EVENTS: &str = "DROP_EVENTS";
+    /// `u32` array of one entry: the number of `lanlinkd monitor` clients
+    /// (the programs write `DROP_EVENTS` only while it is non-zero).
+    pub const MONITOR: &str = "MONITOR";
     /// Test-only, never pinned: per-CPU [`crate::RedirectLog`] at index 0,
     /// written only when the `RECORD_REDIRECTS` global is non-zero.
     pub const REDIRECT_LOG: &str = "REDIRECT_LOG";
@@ -129,7 +144,132 @@ pub mod endpoint_flags {
     pub const SECONDARY: u32 = 1 << 2;
     /// The lease expired: the endpoint may only send DHCP.
     pub const EXPIRED: u32 = 1 << 3;
+    /// The pod may answer DHCP and DHCPv6 (`portSecurity.dhcpServer`: a
+    /// Pi-hole or AdGuard pod serving the LAN).
+    pub const DHCP_SERVER: u32 = 1 << 4;
+    /// The pod may send IPv6 router advertisements and redirects
+    /// (`portSecurity.routerAdvertisements`).
+    pub const ROUTER_ADVERT: u32 = 1 << 5;
 }
+
+/// Most IPv6 addresses one endpoint may claim (besides its EUI-64
+/// link-local, which is always its own).
+pub const MAX_V6_CLAIMS: u32 = 16;
+
+/// Entries of `V6_OWNERS`: every endpoint's claims.
+pub const MAX_V6_OWNERS: u32 = MAX_ENDPOINTS * MAX_V6_CLAIMS;
+
+/// DHCP client messages a pod with its own client may send: one per
+/// `DHCP_INTERVAL_NS` on average (10/s) ...
+pub const DHCP_INTERVAL_NS: u64 = 100_000_000;
+/// ... with bursts of up to 20 (a GCRA window of 20 intervals).
+pub const DHCP_WINDOW_NS: u64 = 20 * DHCP_INTERVAL_NS;
+
+/// Value of `EP_GUARD`: an endpoint's first-hop limits (written by the agent)
+/// and their running state (written by the programs).
+///
+/// Both rate limits are GCRA (the "virtual scheduling" form of a token
+/// bucket): a frame is allowed when the theoretical arrival time `tat`,
+/// moved on by one interval, stays within `window` of now. One `u64` of
+/// state per limit; updates from two CPUs may race, which can let a frame or
+/// two more through, never fewer (as with Cilium's rate limiter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EndpointGuard {
+    /// Nanoseconds per broadcast/multicast frame (1e9 / pps); 0 = unlimited.
+    pub bcast_interval_ns: u64,
+    /// Burst window in nanoseconds (burst × interval).
+    pub bcast_window_ns: u64,
+    /// Program state: theoretical arrival time of the next group frame.
+    pub bcast_tat: u64,
+    /// Program state: theoretical arrival time of the next DHCP client message.
+    pub dhcp_tat: u64,
+    /// Program state: IPv6 addresses this endpoint claimed in `V6_OWNERS`.
+    pub v6_claims: u32,
+    /// Always zero.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<EndpointGuard>() == 40);
+
+impl EndpointGuard {
+    /// The limits for `pps` frames per second with bursts of `burst`
+    /// (`pps` 0: unlimited), with fresh state.
+    pub const fn new(pps: u32, burst: u32) -> Self {
+        let interval = if pps == 0 {
+            0
+        } else {
+            1_000_000_000 / pps as u64
+        };
+        let burst = if burst == 0 { 1 } else { burst as u64 };
+        Self {
+            bcast_interval_ns: interval,
+            bcast_window_ns: interval * burst,
+            bcast_tat: 0,
+            dhcp_tat: 0,
+            v6_claims: 0,
+            _pad: 0,
+        }
+    }
+}
+
+/// Value of `EP_DROPS`: one CPU's dropped packets of one endpoint, indexed
+/// by `STATS` slot (only drop slots are ever non-zero).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EndpointDrops {
+    /// Packets per `STATS` index.
+    pub packets: [u64; STATS_SLOTS as usize],
+}
+const _: () = assert!(size_of::<EndpointDrops>() == 8 * STATS_SLOTS as usize);
+
+impl Default for EndpointDrops {
+    fn default() -> Self {
+        Self {
+            packets: [0; STATS_SLOTS as usize],
+        }
+    }
+}
+
+/// Key of `V6_OWNERS`: an IPv6 address, as on the wire.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Ipv6Key {
+    /// The address.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<Ipv6Key>() == 16);
+
+/// One dropped frame, as `lanlinkd monitor` shows it. Addresses as on the
+/// wire; IPv4 addresses fill the first 4 bytes of `saddr`/`daddr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct DropEvent {
+    /// Ifindex the frame arrived on (a host veth, or the uplink).
+    pub ifindex: u32,
+    /// The [`DropReason`]'s `STATS` index.
+    pub reason: u32,
+    /// Destination MAC.
+    pub dst_mac: [u8; 6],
+    /// Source MAC.
+    pub src_mac: [u8; 6],
+    /// EtherType, as on the wire.
+    pub ethertype: [u8; 2],
+    /// 4 or 6 when the addresses below were read, else 0.
+    pub ip_version: u8,
+    /// IP protocol (IPv6: the upper-layer header found), 0 if unknown.
+    pub proto: u8,
+    /// Source address.
+    pub saddr: [u8; 16],
+    /// Destination address.
+    pub daddr: [u8; 16],
+    /// Source port (TCP/UDP) or ICMP type/code, as on the wire.
+    pub sport: [u8; 2],
+    /// Destination port, as on the wire.
+    pub dport: [u8; 2],
+    /// Frame length.
+    pub len: u32,
+}
+const _: () = assert!(size_of::<DropEvent>() == 64);
 
 /// Key of the conntrack-bypass flow map: the 5-tuple of the *reply* as the
 /// pod sends it (source = pod). Addresses and ports in network order.
@@ -337,6 +477,9 @@ stat_slots! {
         /// A DHCPACK from the LAN taught the dataplane the address of a pod that
         /// runs its own DHCP client (counted besides the frame's own verdict).
         DhcpLearnt = 15, "dhcp_learnt";
+        /// A pod claimed an IPv6 address with a duplicate-address-detection
+        /// solicitation (counted besides the frame's own verdict).
+        Ip6Claimed = 18, "ip6_claimed";
     }
     drops {
         /// Dropped: source MAC is not the endpoint's.
@@ -358,6 +501,40 @@ stat_slots! {
         /// (not yet, or not any more): without an endpoint nothing can be
         /// checked, so nothing may pass.
         UnknownIf => DropUnknownIf = 17, "drop_unknown_if";
+        /// Dropped: a DHCP or BOOTP server message (UDP source port 67, or a
+        /// BOOTREPLY) from a pod without `portSecurity.dhcpServer`.
+        DhcpServer => DropDhcpServer = 19, "drop_dhcp_server";
+        /// Dropped: DHCP from a pod whose lease the agent holds (the agent
+        /// speaks for it; a RELEASE or DISCOVER of its own would undo that).
+        DhcpAgentHeld => DropDhcpAgentHeld = 20, "drop_dhcp_agent_held";
+        /// Dropped: a DHCP client message whose `chaddr` (or hardware client
+        /// identifier) is not the pod's MAC (starvation).
+        DhcpChaddr => DropDhcpChaddr = 21, "drop_dhcp_chaddr";
+        /// Dropped: DHCP client messages over 10/s (burst 20) from one pod.
+        DhcpRate => DropDhcpRate = 22, "drop_dhcp_rate";
+        /// Dropped: an IPv6 source the pod does not own (not its link-local,
+        /// not claimed first by its duplicate address detection), or a DAD
+        /// claim of an address another endpoint holds.
+        SpoofIp6 => DropSpoofIp6 = 23, "drop_spoof_ip6";
+        /// Dropped: an ICMPv6 router advertisement or redirect from a pod
+        /// without `portSecurity.routerAdvertisements`.
+        RouterAdvert => DropRouterAdvert = 24, "drop_router_advert";
+        /// Dropped: a DHCPv6 server message (UDP source port 547) from a pod
+        /// without `portSecurity.dhcpServer`.
+        Dhcp6Server => DropDhcp6Server = 25, "drop_dhcp6_server";
+        /// Dropped: a neighbour advertisement for an address the pod does not own.
+        NdSpoof => DropNdSpoof = 26, "drop_nd_spoof";
+        /// Dropped: a frame to a link-local control group 01:80:c2:00:00:0X
+        /// (STP, pause, LACP, 802.1X, LLDP).
+        L2Control => DropL2Control = 27, "drop_l2_control";
+        /// Dropped: broadcast or multicast over the pod's storm limit.
+        Storm => DropStorm = 28, "drop_storm";
+        /// Dropped: a claim of more IPv6 addresses than one pod may hold.
+        Ip6Claims => DropIp6Claims = 29, "drop_ip6_claims";
+        /// Dropped: an IPv6 header chain the programs cannot follow to its
+        /// upper layer (too many extension headers, or a first fragment
+        /// without the upper-layer header: RA guard evasion, RFC 7113).
+        Ip6Chain => DropIp6Chain = 30, "drop_ip6_chain";
     }
 }
 
@@ -415,6 +592,10 @@ mod user {
     unsafe impl aya::Pod for FlowValue {}
     unsafe impl aya::Pod for Counter {}
     unsafe impl aya::Pod for RedirectLog {}
+    unsafe impl aya::Pod for EndpointGuard {}
+    unsafe impl aya::Pod for EndpointDrops {}
+    unsafe impl aya::Pod for Ipv6Key {}
+    unsafe impl aya::Pod for DropEvent {}
 }
 
 #[cfg(test)]
@@ -474,6 +655,19 @@ mod tests {
             (15, "dhcp_learnt"),
             (16, "drop_vlan"),
             (17, "drop_unknown_if"),
+            (18, "ip6_claimed"),
+            (19, "drop_dhcp_server"),
+            (20, "drop_dhcp_agent_held"),
+            (21, "drop_dhcp_chaddr"),
+            (22, "drop_dhcp_rate"),
+            (23, "drop_spoof_ip6"),
+            (24, "drop_router_advert"),
+            (25, "drop_dhcp6_server"),
+            (26, "drop_nd_spoof"),
+            (27, "drop_l2_control"),
+            (28, "drop_storm"),
+            (29, "drop_ip6_claims"),
+            (30, "drop_ip6_chain"),
         ];
         for (i, label) in fixed {
             assert_eq!(StatSlot::from_index(i).map(StatSlot::label), Some(label));
@@ -485,10 +679,13 @@ mod tests {
     #[test]
     fn labels_are_unique_snake_case() {
         for (i, a) in StatSlot::ALL.iter().enumerate() {
+            let label = a.label();
             assert!(
-                a.label()
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+                label.starts_with(|c: char| c.is_ascii_lowercase())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{label}"
             );
             for b in &StatSlot::ALL[i + 1..] {
                 assert_ne!(a.label(), b.label());

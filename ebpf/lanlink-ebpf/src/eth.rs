@@ -10,6 +10,8 @@ pub(crate) const ETH_LEN: usize = 14;
 pub(crate) const ETH_P_IP: u16 = 0x0800;
 /// EtherType ARP.
 pub(crate) const ETH_P_ARP: u16 = 0x0806;
+/// EtherType IPv6.
+pub(crate) const ETH_P_IPV6: u16 = 0x86dd;
 /// EtherTypes of VLAN tags: 802.1Q, 802.1ad (QinQ) and the old QinQ 0x9100.
 const ETH_P_VLAN: [u16; 3] = [0x8100, 0x88a8, 0x9100];
 

@@ -51,6 +51,8 @@ pub(crate) struct Ipv4 {
     /// identifier in both; 0 for other protocols and non-first fragments).
     pub(crate) sport: [u8; 2],
     pub(crate) dport: [u8; 2],
+    /// Offset of the L4 header in the frame.
+    pub(crate) l4: usize,
 }
 
 /// Reads the IPv4 header after the Ethernet header and the first bytes of
@@ -78,6 +80,7 @@ pub(crate) fn read(ctx: &TcContext) -> Result<Ipv4, DropReason> {
         proto,
         sport: [0; 2],
         dport: [0; 2],
+        l4,
     };
     // Non-first fragments carry no L4 header.
     if frag_off & 0x1fff != 0 {

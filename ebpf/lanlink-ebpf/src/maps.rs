@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     Global,
-    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     macros::btf_map,
 };
 use lanlink_common::{
-    Counter, EndpointByIf, EndpointByMac, FlowKey, FlowValue, MAX_ENDPOINTS, MAX_FLOWS,
-    MAX_HOST_ROUTES, MacKey, RedirectLog, STATS_SLOTS,
+    Counter, DropEvent, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FlowKey,
+    FlowValue, Ipv6Key, MAX_ENDPOINTS, MAX_FLOWS, MAX_HOST_ROUTES, MAX_V6_OWNERS, MacKey,
+    RedirectLog, STATS_SLOTS,
 };
 
 const EPS: usize = MAX_ENDPOINTS as usize;
@@ -38,6 +39,30 @@ pub(crate) static FLOWS: LruHashMap<FlowKey, FlowValue, { MAX_FLOWS as usize }> 
 /// Packets and bytes per `StatSlot` (verdict or drop reason), per CPU.
 #[btf_map]
 pub(crate) static STATS: PerCpuArray<Counter, { STATS_SLOTS as usize }> = PerCpuArray::new();
+
+/// Host-veth ifindex → the endpoint's first-hop limits and their state.
+#[btf_map]
+pub(crate) static EP_GUARD: HashMap<u32, EndpointGuard, EPS> = HashMap::new();
+
+/// Host-veth ifindex → that endpoint's drops per reason, per CPU. The agent
+/// creates the entry when it registers the endpoint; the programs only add.
+#[btf_map]
+pub(crate) static EP_DROPS: PerCpuHashMap<u32, EndpointDrops, EPS> = PerCpuHashMap::new();
+
+/// IPv6 address → the host-veth ifindex of the endpoint that claimed it
+/// first. A plain hash, not an LRU: a claim must never be evicted to make
+/// room for another endpoint's (each endpoint's claims are bounded instead).
+#[btf_map]
+pub(crate) static V6_OWNERS: HashMap<Ipv6Key, u32, { MAX_V6_OWNERS as usize }> = HashMap::new();
+
+/// Drop events for `lanlinkd monitor` (64 KiB: 1,024 events).
+#[btf_map]
+pub(crate) static DROP_EVENTS: RingBuf<DropEvent, { 64 * 1024 }> = RingBuf::new();
+
+/// `[0]`: the number of monitor clients; events are written only while it
+/// is non-zero.
+#[btf_map]
+pub(crate) static MONITOR: Array<u32, 1> = Array::new();
 
 /// Ifindex of the uplink, set by the agent at load time.
 #[unsafe(no_mangle)]

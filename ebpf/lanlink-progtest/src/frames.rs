@@ -134,3 +134,81 @@ pub fn checksum(data: &[u8]) -> u16 {
     }
     !(sum as u16)
 }
+
+/// EtherType IPv6.
+pub const ETH_P_IPV6: u16 = 0x86dd;
+/// IP protocol ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// IPv6 extension header: destination options.
+pub const NEXTHDR_DEST: u8 = 60;
+/// IPv6 extension header: hop-by-hop options.
+pub const NEXTHDR_HOP: u8 = 0;
+/// IPv6 extension header: fragment.
+pub const NEXTHDR_FRAGMENT: u8 = 44;
+
+/// A BOOTP message like [`dhcp`], with `options` (raw TLVs) before the end.
+pub fn dhcp_with(op: u8, chaddr: [u8; 6], msg_type: u8, options: &[u8]) -> Vec<u8> {
+    let mut b = dhcp(op, chaddr, [0; 4], msg_type);
+    b.pop();
+    b.extend_from_slice(options);
+    b.push(255);
+    b
+}
+
+/// An IPv6 header (hop limit 255) with next header `nh` and `payload`.
+pub fn ipv6(saddr: [u8; 16], daddr: [u8; 16], nh: u8, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![0x60, 0, 0, 0];
+    h.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    h.extend_from_slice(&[nh, 255]);
+    h.extend_from_slice(&saddr);
+    h.extend_from_slice(&daddr);
+    h.extend_from_slice(payload);
+    h
+}
+
+/// An ICMPv6 message of type `ty` with `body` after the 4-byte header
+/// (checksum left 0: the programs do not check it).
+pub fn icmpv6(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut m = vec![ty, 0, 0, 0];
+    m.extend_from_slice(body);
+    m
+}
+
+/// A neighbour solicitation or advertisement body for `target`.
+pub fn nd_target(target: [u8; 16]) -> Vec<u8> {
+    let mut b = vec![0; 4];
+    b.extend_from_slice(&target);
+    b
+}
+
+/// An 8-byte extension header (hop-by-hop or destination options, padded
+/// with PadN) whose next header is `nh`.
+pub fn ext_header(nh: u8) -> Vec<u8> {
+    vec![nh, 0, 1, 4, 0, 0, 0, 0]
+}
+
+/// An IPv6 frame from `src` to `dst`.
+pub fn ipv6_frame(dst: [u8; 6], src: [u8; 6], ip: &[u8]) -> Vec<u8> {
+    eth(dst, src, ETH_P_IPV6, ip)
+}
+
+/// The EUI-64 link-local address of `mac`.
+pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0] = 0xfe;
+    a[1] = 0x80;
+    a[8] = mac[0] ^ 2;
+    a[9] = mac[1];
+    a[10] = mac[2];
+    a[11] = 0xff;
+    a[12] = 0xfe;
+    a[13] = mac[3];
+    a[14] = mac[4];
+    a[15] = mac[5];
+    a
+}
+
+/// The all-nodes group ff02::1 and its MAC.
+pub const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+/// The MAC of ff02::1.
+pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];

@@ -48,19 +48,27 @@ pub mod netns;
 mod sys;
 
 use std::cell::RefCell;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::PathBuf;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuValues, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
+        lpm_trie::Key,
+    },
     programs::SchedClassifier,
 };
 use lanlink_common::{
-    Counter, EndpointByIf, EndpointByMac, FlowKey, FlowValue, MacKey, REDIRECT_LOG_LEN,
-    RedirectLog, RedirectRecord, StatSlot, globals, map_names,
+    Counter, DropEvent, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FlowKey,
+    FlowValue, Ipv6Key, MacKey, REDIRECT_LOG_LEN, RedirectLog, RedirectRecord, StatSlot, globals,
+    map_names,
 };
+
+/// The storm limits [`Harness::add_endpoint`] gives every endpoint: the
+/// agent's defaults (1,000 frames/s, bursts of 2,000).
+pub const DEFAULT_GUARD: EndpointGuard = EndpointGuard::new(1_000, 2_000);
 
 pub use netns::VethPair;
 
@@ -226,6 +234,16 @@ pub struct Harness {
     /// `FLOWS`.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     stats: PerCpuArray<MapData, Counter>,
+    /// `EP_GUARD`.
+    pub ep_guard: HashMap<MapData, u32, EndpointGuard>,
+    /// `EP_DROPS`.
+    pub ep_drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
+    /// `V6_OWNERS`.
+    pub v6_owners: HashMap<MapData, Ipv6Key, u32>,
+    /// `MONITOR`.
+    pub monitor: Array<MapData, u32>,
+    /// `DROP_EVENTS`.
+    drop_events: RefCell<RingBuf<MapData>>,
     /// `REDIRECT_LOG` (cleared by every run, which only borrows the harness).
     redirect_log: RefCell<PerCpuArray<MapData, RedirectLog>>,
     /// Next free `FLOOD` slot.
@@ -355,6 +373,16 @@ impl Harness {
             PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
         let redirect_log = PerCpuArray::try_from(take(map_names::REDIRECT_LOG)?)
             .map_err(map_err(map_names::REDIRECT_LOG))?;
+        let ep_guard =
+            HashMap::try_from(take(map_names::EP_GUARD)?).map_err(map_err(map_names::EP_GUARD))?;
+        let ep_drops = PerCpuHashMap::try_from(take(map_names::EP_DROPS)?)
+            .map_err(map_err(map_names::EP_DROPS))?;
+        let v6_owners = HashMap::try_from(take(map_names::V6_OWNERS)?)
+            .map_err(map_err(map_names::V6_OWNERS))?;
+        let monitor =
+            Array::try_from(take(map_names::MONITOR)?).map_err(map_err(map_names::MONITOR))?;
+        let drop_events = RingBuf::try_from(take(map_names::DROP_EVENTS)?)
+            .map_err(map_err(map_names::DROP_EVENTS))?;
         let mut harness = Self {
             ebpf,
             ep_by_mac,
@@ -363,6 +391,11 @@ impl Harness {
             host_routes,
             flows,
             stats,
+            ep_guard,
+            ep_drops,
+            v6_owners,
+            monitor,
+            drop_events: RefCell::new(drop_events),
             redirect_log: RefCell::new(redirect_log),
             flood_len: 0,
             covered: RefCell::default(),
@@ -381,9 +414,23 @@ impl Harness {
         Ok(harness)
     }
 
-    /// Registers `ep` as the agent does: both endpoint maps and the next
-    /// `FLOOD` slot.
+    /// Registers `ep` as the agent does: both endpoint maps, its guard
+    /// ([`DEFAULT_GUARD`]) and drop counters, and the next `FLOOD` slot.
     pub fn add_endpoint(&mut self, ep: &Endpoint) -> Result<(), HarnessError> {
+        self.set_guard(ep.ifindex, DEFAULT_GUARD)?;
+        let cpus = aya::util::nr_cpus().map_err(|(what, e)| HarnessError::Map {
+            name: map_names::EP_DROPS,
+            what: format!("{what}: {e}"),
+        })?;
+        let zero = PerCpuValues::try_from(vec![EndpointDrops::default(); cpus]).map_err(|e| {
+            HarnessError::Map {
+                name: map_names::EP_DROPS,
+                what: e.to_string(),
+            }
+        })?;
+        self.ep_drops
+            .insert(ep.ifindex, zero, 0)
+            .map_err(map_err(map_names::EP_DROPS))?;
         self.ep_by_if
             .insert(
                 ep.ifindex,
@@ -418,6 +465,61 @@ impl Harness {
             .map_err(map_err(map_names::FLOOD))?;
         self.flood_len += 1;
         Ok(())
+    }
+
+    /// Replaces the `EP_GUARD` entry of host veth `ifindex`.
+    pub fn set_guard(&mut self, ifindex: u32, guard: EndpointGuard) -> Result<(), HarnessError> {
+        self.ep_guard
+            .insert(ifindex, guard, 0)
+            .map_err(map_err(map_names::EP_GUARD))
+    }
+
+    /// The `EP_GUARD` entry of host veth `ifindex`.
+    pub fn guard(&self, ifindex: u32) -> Option<EndpointGuard> {
+        self.ep_guard.get(&ifindex, 0).ok()
+    }
+
+    /// The drops counted against host veth `ifindex` (summed over CPUs),
+    /// by slot; empty without an `EP_DROPS` entry.
+    pub fn endpoint_drops(&self, ifindex: u32) -> BTreeMap<StatSlot, u64> {
+        let Ok(per_cpu) = self.ep_drops.get(&ifindex, 0) else {
+            return BTreeMap::new();
+        };
+        let mut out = BTreeMap::new();
+        for slot in StatSlot::ALL {
+            let n: u64 = per_cpu
+                .iter()
+                .map(|d| d.packets[slot.index() as usize])
+                .sum();
+            if n > 0 {
+                out.insert(*slot, n);
+            }
+        }
+        out
+    }
+
+    /// Which host veth claimed the IPv6 address `addr`, if any.
+    pub fn v6_owner(&self, addr: [u8; 16]) -> Option<u32> {
+        self.v6_owners.get(&Ipv6Key { addr }, 0).ok()
+    }
+
+    /// Sets `MONITOR[0]` (the number of monitor clients).
+    pub fn set_monitor(&mut self, clients: u32) -> Result<(), HarnessError> {
+        self.monitor
+            .set(0, clients, 0)
+            .map_err(map_err(map_names::MONITOR))
+    }
+
+    /// Takes every event in `DROP_EVENTS`.
+    pub fn drop_events(&self) -> Vec<DropEvent> {
+        let mut ring = self.drop_events.borrow_mut();
+        let mut out = Vec::new();
+        while let Some(item) = ring.next() {
+            assert_eq!(item.len(), std::mem::size_of::<DropEvent>(), "event size");
+            // SAFETY: DropEvent is plain old data of exactly this size.
+            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropEvent>()) });
+        }
+        out
     }
 
     /// Adds `prefix`/`len` to `HOST_ROUTES`.

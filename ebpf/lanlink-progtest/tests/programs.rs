@@ -21,6 +21,10 @@ use lanlink_progtest::{
     tc,
 };
 
+#[path = "programs/first_hop.rs"]
+mod first_hop;
+use first_hop::*;
+
 /// Pod veths in every lab: pods 1 and 2 are registered by [`register`],
 /// pod 3 only where a case says so.
 const PODS: usize = 3;
@@ -374,7 +378,7 @@ fn vlan_tagged_frame_from_pod_is_dropped(lab: &mut Lab) {
         .assert_redirects(&[]);
 }
 
-fn expired_endpoint_may_only_send_dhcp(lab: &mut Lab) {
+fn expired_endpoint_sends_nothing(lab: &mut Lab) {
     register(lab);
     let ep = endpoint(lab, 1, endpoint_flags::AGENT_DHCP | endpoint_flags::EXPIRED);
     lab.harness.add_endpoint(&ep).unwrap();
@@ -386,17 +390,28 @@ fn expired_endpoint_may_only_send_dhcp(lab: &mut Lab) {
     let frame = frames::arp_request(pod_mac(1), pod_ip(1), LAN_HOST_IP);
     let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[DropReason::Expired.slot()]);
-    // LLDP: neither ARP nor IPv4.
-    let frame = frames::eth([0x01, 0x80, 0xc2, 0, 0, 0x0e], pod_mac(1), 0x88cc, &[0; 8]);
+    // Neither ARP nor IPv4 (a local experimental EtherType), nor IPv6.
+    let frame = frames::eth(LAN_HOST_MAC, pod_mac(1), 0x88b5, &[0; 8]);
     let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
     run.assert_only_counted(&[DropReason::Expired.slot()]);
-    // A DHCPDISCOVER from 0.0.0.0 still goes out (broadcast: flooded).
+    let ip = frames::ipv6(
+        frames::link_local(pod_mac(1)),
+        frames::ALL_NODES,
+        frames::IPPROTO_ICMPV6,
+        &frames::icmpv6(133, &[0; 4]),
+    );
+    let frame = frames::ipv6_frame(frames::ALL_NODES_MAC, pod_mac(1), &ip);
+    let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
+    run.assert_only_counted(&[DropReason::Expired.slot()]);
+    // Nor DHCP: the agent, which holds the lease, re-acquires it on the
+    // uplink; the pod's own DISCOVER is dropped like any pod's whose lease
+    // the agent holds.
     let bootp = frames::dhcp(1, pod_mac(1), [0; 4], frames::DHCPDISCOVER);
     let ip = frames::ipv4([0; 4], [255; 4], IPPROTO_UDP, &frames::udp(68, 67, &bootp));
     let frame = frames::eth(BROADCAST, pod_mac(1), frames::ETH_P_IP, &ip);
     let run = lab.run_on(Program::FromPod, &frame, lab.pod(1));
-    run.assert_code(tc::REDIRECT)
-        .assert_only_counted(&[Verdict::Flood.slot()]);
+    run.assert_code(tc::SHOT)
+        .assert_only_counted(&[DropReason::DhcpAgentHeld.slot()]);
 }
 
 fn frame_from_unregistered_veth_is_dropped(lab: &mut Lab) {
@@ -646,7 +661,7 @@ mod case {
         spoofed_arp_sender_is_dropped;
         malformed_headers_are_dropped;
         vlan_tagged_frame_from_pod_is_dropped;
-        expired_endpoint_may_only_send_dhcp;
+        expired_endpoint_sends_nothing;
         frame_from_unregistered_veth_is_dropped;
         lan_unicast_to_pod_goes_straight_in;
         lan_broadcast_floods_every_pod_and_the_stack;
@@ -654,6 +669,17 @@ mod case {
         dhcpack_teaches_own_dhcp_pod_its_address;
         to_pod_without_flow_fix_passes;
         to_pod_broadcast_and_malformed_with_flow_fix, config::FLOW_FIX;
+        dhcp_server_messages_need_the_switch;
+        pod_whose_lease_the_agent_holds_sends_no_dhcp;
+        own_dhcp_pod_asks_only_for_itself;
+        dhcp_client_messages_are_rate_limited;
+        frames_to_bridge_control_groups_are_dropped;
+        storm_control_limits_group_frames_before_the_fanout;
+        ipv6_source_is_the_link_local_or_a_claimed_address;
+        ipv6_claims_are_bounded_per_pod;
+        router_advertisements_need_the_switch;
+        dhcpv6_server_messages_need_the_switch;
+        drops_are_counted_per_pod_and_streamed_to_monitor;
     }
 
     /// Slots no test run can reach, with why. Keep this list short.

@@ -12,6 +12,7 @@ mod writer;
 use std::{
     collections::BTreeMap,
     io::ErrorKind,
+    os::unix::fs::{DirBuilderExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -30,6 +31,16 @@ pub enum StateError {
     #[error("cannot create the state directory {path}")]
     Dir {
         /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The mode of the state directory or file could not be read or
+    /// narrowed.
+    #[error("cannot restrict the mode of {path}")]
+    Mode {
+        /// The directory or file.
         path: PathBuf,
         /// Why.
         #[source]
@@ -213,13 +224,17 @@ fn outcome(
 }
 
 impl Store {
-    /// The store in `state_dir` (created if missing), with its writer thread.
+    /// The store in `state_dir`, with its writer thread. Leases, MACs and
+    /// pod names are root's alone: the directory is created 0700, and an
+    /// existing directory, state file or leftover temporary file that is
+    /// open to group or others is narrowed (to 0700 and 0600) and logged.
     pub fn new(state_dir: &Path) -> Result<Self, StateError> {
-        std::fs::create_dir_all(state_dir).map_err(|source| StateError::Dir {
-            path: state_dir.to_path_buf(),
-            source,
-        })?;
+        create_private_dir(state_dir)?;
         let path = state_dir.join(crate::paths::STATE_FILE);
+        restrict(&path, 0o600)?;
+        // The writer truncates a leftover temporary file and renames it over
+        // the state file: it would keep its mode.
+        restrict(&writer::temp_path(&path), 0o600)?;
         let writer = writer::Writer::spawn(path.clone()).map_err(|source| StateError::Spawn {
             path: path.clone(),
             source,
@@ -265,6 +280,50 @@ impl Store {
             rx: self.writer.submit(snapshot),
         }
     }
+}
+
+/// Creates `dir` with mode 0700 (its missing parents with the default mode),
+/// or narrows an existing one to at most 0700.
+fn create_private_dir(dir: &Path) -> Result<(), StateError> {
+    let failed = |source| StateError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(failed)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => {}
+        Err(e) => return Err(failed(e)),
+    }
+    restrict(dir, 0o700)
+}
+
+/// Takes the permission bits outside `allowed` off `path` (never adds any),
+/// logging it; nothing to do if it does not exist.
+fn restrict(path: &Path, allowed: u32) -> Result<(), StateError> {
+    let failed = |source| StateError::Mode {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mode = match std::fs::metadata(path) {
+        Ok(m) => m.permissions().mode() & 0o7777,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(failed(e)),
+    };
+    if mode & !allowed == 0 {
+        return Ok(());
+    }
+    let narrowed = mode & allowed;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(narrowed)).map_err(failed)?;
+    tracing::info!(
+        path = %path.display(),
+        was = %format_args!("{mode:04o}"),
+        now = %format_args!("{narrowed:04o}"),
+        "narrowed the mode of the agent's state"
+    );
+    Ok(())
 }
 
 /// Parses the file's bytes: version 1, or a file without a version that has

@@ -355,3 +355,70 @@ async fn a_failed_write_reaches_the_waiter_and_keeps_the_old_file() {
     store.submit(state_of(3)).wait().await.unwrap();
     assert_eq!(store.load().unwrap(), state_of(3));
 }
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+#[tokio::test]
+async fn a_new_state_dir_is_created_0700_and_the_state_file_written_0600() {
+    let d = dir();
+    let state_dir = d.0.join("var/lib/lanlink");
+    let store = Store::new(&state_dir).unwrap();
+    assert_eq!(mode(&state_dir), 0o700);
+    store.submit(state_of(1)).wait().await.unwrap();
+    assert_eq!(mode(store.path()), 0o600);
+}
+
+#[test]
+fn an_open_state_dir_state_file_and_leftover_are_narrowed() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    chmod(&d.0, 0o2755);
+    let file = d.0.join(crate::paths::STATE_FILE);
+    std::fs::write(&file, "{\"version\": 1, \"endpoints\": {}}").unwrap();
+    chmod(&file, 0o644);
+    let store = Store::new(&d.0).unwrap();
+    let leftover = store.temp_path();
+    drop(store);
+    std::fs::write(&leftover, b"").unwrap();
+    chmod(&leftover, 0o666);
+    let store = Store::new(&d.0).unwrap();
+    assert_eq!(mode(&d.0), 0o700);
+    assert_eq!(mode(&file), 0o600);
+    assert_eq!(mode(&leftover), 0o600);
+    assert_eq!(store.load().unwrap(), State::default());
+}
+
+#[test]
+fn narrower_modes_are_left_alone() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    chmod(&d.0, 0o700);
+    let file = d.0.join(crate::paths::STATE_FILE);
+    std::fs::write(&file, "{\"version\": 1, \"endpoints\": {}}").unwrap();
+    chmod(&file, 0o400);
+    Store::new(&d.0).unwrap();
+    assert_eq!(mode(&d.0), 0o700);
+    assert_eq!(mode(&file), 0o400);
+}
+
+#[test]
+fn a_state_dir_that_is_a_file_is_an_error_naming_it() {
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    let not_dir = d.0.join("state");
+    std::fs::write(&not_dir, b"").unwrap();
+    let err = Store::new(&not_dir).unwrap_err();
+    assert!(matches!(err, StateError::Dir { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains(&*not_dir.to_string_lossy()),
+        "{err}"
+    );
+}

@@ -1,7 +1,8 @@
 //! `from_lan`: what the LAN sends, at the TC ingress of the uplink.
 //!
 //! In order: a DHCPACK for a pod with its own DHCP client teaches the
-//! dataplane its address; broadcast is flooded to every local pod and also
+//! dataplane its address, a neighbour advertisement from a LAN host
+//! withdraws a pod's claim of that address; broadcast is flooded to every local pod and also
 //! handed to the stack; unicast for a local pod goes straight into it;
 //! everything else is the node's own traffic.
 //!
@@ -14,8 +15,8 @@ use lanlink_common::{DropReason, MacKey, Verdict};
 
 use crate::{
     dhcp,
-    eth::{self, ETH_P_IP},
-    flood, maps,
+    eth::{self, ETH_P_IP, ETH_P_IPV6},
+    flood, ipv6, maps,
     programs::Action,
     redirect,
 };
@@ -29,6 +30,9 @@ pub(crate) fn try_from_lan(ctx: &TcContext) -> Result<Action, DropReason> {
         // Before delivery, so the pod's first frame from its new address
         // already passes the source check.
         dhcp::learn_from_ack(ctx);
+    } else if eth.proto == ETH_P_IPV6 {
+        // A LAN host defending an address a pod claimed takes it back.
+        ipv6::forget_defended(ctx);
     }
     if eth::is_group(&eth.dst) {
         // Every local pod gets a copy; the node's stack sees it too.

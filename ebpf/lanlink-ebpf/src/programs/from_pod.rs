@@ -1,20 +1,22 @@
 //! `from_pod`: what a pod sends, at the TC ingress of its host-side veth.
 //!
-//! In order: the endpoint must be registered; its source MAC is checked and
-//! VLAN tags are refused; ARP and IPv4 senders are checked against the
-//! endpoint, and the host-bound cases (the ARP responder, replies of flows
-//! that came through the node's stack) are answered before any forwarding
-//! decision; then broadcast is flooded, frames for the host veth go to the
-//! stack, frames for a local pod go straight into it, and the rest leaves
-//! through the uplink.
+//! In order: the endpoint must be registered; its source MAC is checked,
+//! VLAN tags and frames to the 802.1 control groups are refused; DHCP is
+//! snooped (`dhcp_guard`); ARP, IPv4 and IPv6 senders are checked against
+//! the endpoint (IPv6 with its RA guard, `ipv6`), and the host-bound cases
+//! (the ARP responder, replies of flows that came through the node's stack)
+//! are answered before any forwarding decision; then broadcast is limited
+//! (storm control) and flooded, frames for the host veth go to the stack,
+//! frames for a local pod go straight into it, and the rest leaves through
+//! the uplink.
 
 use aya_ebpf::programs::TcContext;
 use lanlink_common::{DropReason, EndpointByIf, MacKey, Verdict, endpoint_flags};
 
 use crate::{
-    arp,
-    eth::{self, ETH_P_ARP, ETH_P_IP, PACKET_HOST},
-    flood, flows, ipv4, maps,
+    arp, dhcp_guard,
+    eth::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_HOST},
+    flood, flows, guard, ipv4, ipv6, maps,
     programs::Action,
     redirect,
 };
@@ -42,6 +44,10 @@ pub(crate) fn try_from_pod(ctx: &TcContext) -> Result<Action, DropReason> {
     if eth::is_vlan_tagged(ctx, eth.proto) {
         return Err(DropReason::Vlan);
     }
+    // STP, pause, LACP, 802.1X, LLDP: a bridge's business, never a pod's.
+    if guard::is_l2_control(&eth.dst) {
+        return Err(DropReason::L2Control);
+    }
 
     // ARP and DHCP are matched before anything else looks at addresses.
     match eth.proto {
@@ -54,12 +60,22 @@ pub(crate) fn try_from_pod(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         ETH_P_IP => {
             let ip = ipv4::read(ctx)?;
+            if dhcp_guard::is_dhcp(&ip) {
+                dhcp_guard::check(ctx, &ip, &ep, ifindex)?;
+            }
             if !ipv4::is_dhcp_from_client(&ip, &ep) {
                 ipv4::check_source(&ip, &ep)?;
                 if flows::enabled() && flows::is_reply_of_learnt(&ip) {
                     return steer_reply_to_stack(ctx, &ep);
                 }
             }
+        }
+        ETH_P_IPV6 => {
+            if ep.flags & endpoint_flags::EXPIRED != 0 {
+                return Err(DropReason::Expired);
+            }
+            let ip = ipv6::read(ctx)?;
+            ipv6::check(ctx, &ip, &ep, ifindex)?;
         }
         _ => {
             if ep.flags & endpoint_flags::EXPIRED != 0 {
@@ -69,6 +85,8 @@ pub(crate) fn try_from_pod(ctx: &TcContext) -> Result<Action, DropReason> {
     }
 
     if eth::is_group(&eth.dst) {
+        // Storm control, before the fan-out multiplies the frame.
+        guard::take_group_frame(ifindex)?;
         flood::to_pods(ctx, ifindex);
         return redirect::to_uplink(Verdict::Flood);
     }

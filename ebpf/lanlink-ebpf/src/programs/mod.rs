@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use lanlink_common::{DropReason, Verdict};
 
-use crate::stats;
+use crate::{monitor, stats};
 
 /// What a path decided for a frame that goes on: a TC return code and the
 /// verdict to count.
@@ -46,9 +46,11 @@ pub(crate) fn accept(ctx: &TcContext, action: Action) -> i32 {
     action.code
 }
 
-/// Counts `reason` and drops the frame.
+/// Counts `reason` (also against the sending endpoint, and for monitor
+/// clients) and drops the frame.
 #[inline(always)]
 pub(crate) fn drop(ctx: &TcContext, reason: DropReason) -> i32 {
     stats::count(reason.slot(), ctx.len());
+    monitor::record_drop(ctx, reason);
     TC_ACT_SHOT
 }
