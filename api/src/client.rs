@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 use tokio::net::UnixStream;
 
 use crate::routes;
+use crate::types::MonitorLine;
 use crate::types::{
     ApiError, AttachmentRequest, AttachmentResult, DhcpStats, EndpointInfo, FlowRow, GcRequest,
     GcResponse, LeaseInfo, StatsRow, StatusResponse,
@@ -422,4 +423,190 @@ fn decode<T: DeserializeOwned>(method: Method, route: &str, body: &[u8]) -> Resu
         route: route.to_owned(),
         source,
     })
+}
+
+/// Longest line a [`MonitorStream`] takes (a drop event is a few hundred
+/// bytes); a longer one is an error rather than unbounded buffering.
+const MAX_MONITOR_LINE: usize = 64 * 1024;
+
+impl AgentClient {
+    /// `GET /v1/monitor`: the frames the dataplane drops, as it drops them
+    /// (the agent has its programs report drops while a client listens).
+    /// The client's deadline covers the answer's head only; the stream then
+    /// lasts until it is dropped (which unsubscribes) or the agent ends it.
+    pub async fn monitor_async(&self) -> Result<MonitorStream, ClientError> {
+        let route = routes::MONITOR;
+        match tokio::time::timeout(self.timeout, self.open_stream(route)).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(ClientError::Timeout {
+                path: self.socket_path.clone(),
+                method: Method::GET,
+                route: route.to_owned(),
+                after: self.timeout,
+            }),
+        }
+    }
+
+    /// `GET route`, returning once the answer's head is in: its body as a
+    /// [`MonitorStream`] on success, the error otherwise.
+    async fn open_stream(&self, route: &str) -> Result<MonitorStream, ClientError> {
+        let http_error = |source| ClientError::Http {
+            path: self.socket_path.clone(),
+            source,
+        };
+        let stream = UnixStream::connect(&self.socket_path)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                path: self.socket_path.clone(),
+                source,
+            })?;
+        let (mut sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(http_error)?;
+        // Aborted when the stream drops, which closes the socket: that is
+        // how the agent learns the client left.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let driver = AbortOnDrop(driver);
+        let request = Request::builder()
+            .method(Method::GET)
+            .uri(route)
+            .header(HOST, "localhost")
+            .header(ACCEPT, routes::NDJSON)
+            .body(Full::new(Bytes::new()))
+            .map_err(|source| ClientError::BadRoute {
+                route: route.to_owned(),
+                source,
+            })?;
+        let response = sender.send_request(request).await.map_err(http_error)?;
+        let status = response.status();
+        if !status.is_success() {
+            let answer = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(http_error)?
+                .to_bytes();
+            return Err(answer_error(Method::GET, route, status, &answer));
+        }
+        Ok(MonitorStream {
+            body: response.into_body(),
+            buf: Vec::new(),
+            ended: false,
+            route: route.to_owned(),
+            path: self.socket_path.clone(),
+            _driver: driver,
+        })
+    }
+}
+
+/// The error for a non-2xx answer: the agent's [`ApiError`] if the body is
+/// one, else the status and the start of the body.
+fn answer_error(method: Method, route: &str, status: StatusCode, answer: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ApiError>(answer) {
+        Ok(error) => ClientError::Api { status, error },
+        Err(_) => ClientError::Status {
+            method,
+            route: route.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&answer[..answer.len().min(MAX_BODY_IN_ERROR)])
+                .into_owned(),
+        },
+    }
+}
+
+/// A task aborted when this drops.
+#[derive(Debug)]
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The answer of [`AgentClient::monitor_async`], read one line at a time.
+/// Dropping it closes the connection.
+#[derive(Debug)]
+pub struct MonitorStream {
+    body: hyper::body::Incoming,
+    /// What arrived past the last line handed out.
+    buf: Vec<u8>,
+    /// The agent ended the body.
+    ended: bool,
+    route: String,
+    path: PathBuf,
+    _driver: AbortOnDrop,
+}
+
+impl MonitorStream {
+    /// The next line as the agent sent it, without its newline (blank lines
+    /// are skipped); `None` once the agent ended the stream (it stopped).
+    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        loop {
+            let mut line = match self.buf.iter().position(|&b| b == b'\n') {
+                Some(newline) => {
+                    let mut line: Vec<u8> = self.buf.drain(..=newline).collect();
+                    line.pop();
+                    line
+                }
+                // A last line without its newline still counts.
+                None if self.ended && !self.buf.is_empty() => std::mem::take(&mut self.buf),
+                None if self.ended => return Ok(None),
+                None => {
+                    self.read_more().await?;
+                    continue;
+                }
+            };
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            return String::from_utf8(line)
+                .map(Some)
+                .map_err(|_| ClientError::NotText {
+                    route: self.route.clone(),
+                });
+        }
+    }
+
+    /// Appends the body's next frame to the buffer, or marks its end.
+    async fn read_more(&mut self) -> Result<(), ClientError> {
+        if self.buf.len() > MAX_MONITOR_LINE {
+            return Err(ClientError::Decode {
+                method: Method::GET,
+                route: self.route.clone(),
+                source: serde::de::Error::custom(format!(
+                    "a line longer than {MAX_MONITOR_LINE} bytes"
+                )),
+            });
+        }
+        match self.body.frame().await {
+            None => self.ended = true,
+            Some(Err(source)) => {
+                return Err(ClientError::Http {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    self.buf.extend_from_slice(&data);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The next line, decoded; `None` once the agent ended the stream.
+    pub async fn next(&mut self) -> Result<Option<MonitorLine>, ClientError> {
+        let Some(line) = self.next_line().await? else {
+            return Ok(None);
+        };
+        decode(Method::GET, &self.route, line.as_bytes()).map(Some)
+    }
 }

@@ -23,7 +23,8 @@ pub use newtypes::{
 pub use types::{
     AddressError, ApiError, AttachmentConfig, AttachmentId, AttachmentRequest, AttachmentResult,
     DhcpConfig, DhcpEvents, DhcpStats, Dns, EndpointInfo, FlowRow, GcRequest, GcResponse, Identity,
-    Interface, IpConfig, LeaseInfo, Mode, PodIdentity, Route, StatsRow, StatusResponse, result_ip,
+    Interface, IpConfig, LeaseInfo, Mode, PodIdentity, PortSecurity, Route, StatsRow,
+    StatusResponse, result_ip,
 };
 
 /// Default path of the agent's socket.

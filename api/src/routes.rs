@@ -1,8 +1,9 @@
 //! The agent's HTTP routes on its Unix socket, one constant each. The agent's
 //! router, the client and every test name routes through these.
 //!
-//! Bodies are JSON except [`METRICS`] (OpenMetrics text). Every error answers
-//! a non-2xx status with an [`ApiError`](crate::ApiError) body.
+//! Bodies are JSON except [`METRICS`] (OpenMetrics text) and [`MONITOR`]
+//! (a stream of JSON lines). Every error answers a non-2xx status with an
+//! [`ApiError`](crate::ApiError) body.
 
 /// `POST` an [`AttachmentRequest`](crate::AttachmentRequest); answers an
 /// [`AttachmentResult`](crate::AttachmentResult).
@@ -32,8 +33,18 @@ pub const FLOWS: &str = "/v1/flows";
 pub const DHCP: &str = "/v1/dhcp";
 /// `GET`: Prometheus metrics (OpenMetrics text).
 pub const METRICS: &str = "/metrics";
+/// `GET`: the frames the dataplane drops, as it drops them, until the client
+/// goes away: newline-delimited JSON (`application/x-ndjson`), one
+/// [`MonitorLine`](crate::types::MonitorLine) per line (a
+/// [`DropEventInfo`](crate::types::DropEventInfo), or a
+/// [`LostEvents`](crate::types::LostEvents) when the client fell behind).
+/// The programs report drops only while a client listens.
+pub const MONITOR: &str = "/v1/monitor";
+/// The content type of [`MONITOR`]'s answer.
+pub const NDJSON: &str = "application/x-ndjson";
 
 /// Every route, for tests and tables.
-pub const ALL: [&str; 11] = [
+pub const ALL: [&str; 12] = [
     CNI_ADD, CNI_DEL, CNI_CHECK, CNI_GC, STATUS, ENDPOINTS, LEASES, STATS, FLOWS, DHCP, METRICS,
+    MONITOR,
 ];

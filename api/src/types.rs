@@ -90,6 +90,117 @@ impl Default for DhcpConfig {
     }
 }
 
+/// The first-hop security switches of an attachment (netconf `portSecurity`):
+/// what a pod may do on the LAN beyond sending from its own addresses. The
+/// defaults are those of a switch port facing an untrusted host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(
+    rename_all = "camelCase",
+    deny_unknown_fields,
+    try_from = "PortSecurityFields"
+)]
+pub struct PortSecurity {
+    /// The pod may answer DHCP and DHCPv6 (a Pi-hole or AdGuard pod serving
+    /// the LAN). Default: no.
+    pub dhcp_server: bool,
+    /// The pod may send IPv6 router advertisements and redirects. Default: no.
+    pub router_advertisements: bool,
+    /// Broadcast and multicast frames per second the pod may send (storm
+    /// control); 0 = unlimited. Default 1,000.
+    pub broadcast_pps: u32,
+    /// Of which this many at once. Default 2,000.
+    pub broadcast_burst: u32,
+}
+
+impl PortSecurity {
+    /// Most frames per second (and burst) a limit may name.
+    pub const MAX_RATE: u32 = 1_000_000;
+    /// Default `broadcastPps`.
+    pub const DEFAULT_PPS: u32 = 1_000;
+    /// Default `broadcastBurst`.
+    pub const DEFAULT_BURST: u32 = 2_000;
+
+    /// The switches, with the limits checked: `broadcast_pps` at most
+    /// [`Self::MAX_RATE`], and `broadcast_burst` in 1..=`MAX_RATE` when
+    /// `broadcast_pps` is set.
+    pub fn new(
+        dhcp_server: bool,
+        router_advertisements: bool,
+        broadcast_pps: u32,
+        broadcast_burst: u32,
+    ) -> Result<Self, String> {
+        if broadcast_pps > Self::MAX_RATE {
+            return Err(format!(
+                "broadcastPps {broadcast_pps} is over {}",
+                Self::MAX_RATE
+            ));
+        }
+        if broadcast_pps > 0 && !(1..=Self::MAX_RATE).contains(&broadcast_burst) {
+            return Err(format!(
+                "broadcastBurst {broadcast_burst} is out of range 1..={}",
+                Self::MAX_RATE
+            ));
+        }
+        Ok(Self {
+            dhcp_server,
+            router_advertisements,
+            broadcast_pps,
+            broadcast_burst,
+        })
+    }
+
+    /// Whether every switch is at its default (left out when serialized).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl Default for PortSecurity {
+    fn default() -> Self {
+        Self {
+            dhcp_server: false,
+            router_advertisements: false,
+            broadcast_pps: Self::DEFAULT_PPS,
+            broadcast_burst: Self::DEFAULT_BURST,
+        }
+    }
+}
+
+/// `portSecurity` as written, before its limits are checked.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct PortSecurityFields {
+    #[serde(default)]
+    dhcp_server: bool,
+    #[serde(default)]
+    router_advertisements: bool,
+    #[serde(default = "default_pps")]
+    broadcast_pps: u32,
+    #[serde(default = "default_burst")]
+    broadcast_burst: u32,
+}
+
+fn default_pps() -> u32 {
+    PortSecurity::DEFAULT_PPS
+}
+
+fn default_burst() -> u32 {
+    PortSecurity::DEFAULT_BURST
+}
+
+impl TryFrom<PortSecurityFields> for PortSecurity {
+    type Error = String;
+
+    fn try_from(f: PortSecurityFields) -> Result<Self, String> {
+        Self::new(
+            f.dhcp_server,
+            f.router_advertisements,
+            f.broadcast_pps,
+            f.broadcast_burst,
+        )
+    }
+}
+
 /// The part of the network configuration the agent acts on.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -112,6 +223,9 @@ pub struct AttachmentConfig {
     /// Interface MTU; `None` keeps the uplink's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// First-hop security switches.
+    #[serde(default, skip_serializing_if = "PortSecurity::is_default")]
+    pub port_security: PortSecurity,
 }
 
 /// Body of `POST /v1/cni/{add,del,check}`.
@@ -282,6 +396,13 @@ pub struct EndpointInfo {
     pub address: Option<String>,
     /// Primary or secondary.
     pub mode: Mode,
+    /// Its first-hop security switches.
+    #[serde(default)]
+    pub port_security: PortSecurity,
+    /// Frames the dataplane dropped from this endpoint, by reason label
+    /// (`drop_spoof_ip`, …); reasons with none are left out.
+    #[serde(default)]
+    pub drops: std::collections::BTreeMap<String, u64>,
 }
 
 /// Answer of `GET /v1/status`.
@@ -476,6 +597,89 @@ pub struct DhcpEvents {
     pub probe_errors: u64,
 }
 
+/// One dropped frame, as `GET /v1/monitor` streams it (one JSON object per
+/// line). Which pod sent it is resolved by the agent from the interface the
+/// frame arrived on; the fields without a value are left out.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DropEventInfo {
+    /// When the agent read the event: Unix time in milliseconds.
+    pub time_ms: u64,
+    /// Why the frame was dropped: the drop counter's label
+    /// (`drop_spoof_ip`), or `unknown_<index>` for a reason this agent does
+    /// not know (programs newer than the agent).
+    pub reason: String,
+    /// Ifindex of the interface the frame arrived on (a host veth, or the
+    /// uplink), in the agent's namespace.
+    pub ifindex: u32,
+    /// That interface's name, when it still exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_veth: Option<String>,
+    /// The pod's namespace, when the interface is a pod's and it is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The pod's name, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    /// The attachment's `CNI_CONTAINERID`, when the interface is a pod's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_id: Option<String>,
+    /// The pod-side interface name (`eth0`, `net1`), likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ifname: Option<String>,
+    /// Source MAC.
+    pub src_mac: Mac,
+    /// Destination MAC.
+    pub dst_mac: Mac,
+    /// EtherType in hex, `0x0800`.
+    pub ethertype: String,
+    /// Source IP address, for IPv4 and IPv6 frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub src: Option<std::net::IpAddr>,
+    /// Destination IP address, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<std::net::IpAddr>,
+    /// IP protocol number (IPv6: the next header after the fixed header),
+    /// for IPv4 and IPv6 frames.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proto: Option<u8>,
+    /// Source port, for TCP, UDP and SCTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sport: Option<u16>,
+    /// Destination port, likewise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dport: Option<u16>,
+    /// ICMP or ICMPv6 type.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_type: Option<u8>,
+    /// ICMP or ICMPv6 code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icmp_code: Option<u8>,
+    /// Frame length in bytes.
+    pub len: u32,
+}
+
+/// How many drop events a `GET /v1/monitor` client missed because it did
+/// not read fast enough: the agent never waits for a slow client, it skips
+/// that client past the oldest events it still holds and says so with this
+/// line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LostEvents {
+    /// Events this client will not see.
+    pub lost: u64,
+}
+
+/// One line of `GET /v1/monitor`: a drop, or a note that some were lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum MonitorLine {
+    /// A dropped frame.
+    Drop(Box<DropEventInfo>),
+    /// Events this client missed.
+    Lost(LostEvents),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -586,5 +790,50 @@ mod tests {
         assert_eq!(v["sent_discover"], json!(0));
         let back: DhcpStats = serde_json::from_value(v).unwrap();
         assert_eq!(back, DhcpStats::default());
+    }
+
+    #[test]
+    fn monitor_lines_wire_format() {
+        let drop = DropEventInfo {
+            time_ms: 1_700_000_000_123,
+            reason: "drop_spoof_ip".into(),
+            ifindex: 7,
+            host_veth: Some("ll0123456789ab".into()),
+            namespace: Some("default".into()),
+            pod: Some("web".into()),
+            container_id: Some("c1".into()),
+            ifname: Some("eth0".into()),
+            src_mac: Mac::from([2, 0, 0, 0, 0, 1]),
+            dst_mac: Mac::from([0xff; 6]),
+            ethertype: "0x0800".into(),
+            src: Some("198.18.0.250".parse().unwrap()),
+            dst: Some("198.18.0.1".parse().unwrap()),
+            proto: Some(1),
+            sport: None,
+            dport: None,
+            icmp_type: Some(8),
+            icmp_code: Some(0),
+            len: 98,
+        };
+        let wire = json!({
+            "timeMs": 1_700_000_000_123_u64, "reason": "drop_spoof_ip", "ifindex": 7,
+            "hostVeth": "ll0123456789ab", "namespace": "default", "pod": "web",
+            "containerId": "c1", "ifname": "eth0", "srcMac": "02:00:00:00:00:01",
+            "dstMac": "ff:ff:ff:ff:ff:ff", "ethertype": "0x0800", "src": "198.18.0.250",
+            "dst": "198.18.0.1", "proto": 1, "icmpType": 8, "icmpCode": 0, "len": 98
+        });
+        let line = MonitorLine::Drop(Box::new(drop));
+        assert_eq!(serde_json::to_value(&line).unwrap(), wire);
+        assert_eq!(serde_json::from_value::<MonitorLine>(wire).unwrap(), line);
+        let lost = json!({"lost": 12});
+        assert_eq!(
+            serde_json::from_value::<MonitorLine>(lost.clone()).unwrap(),
+            MonitorLine::Lost(LostEvents { lost: 12 })
+        );
+        assert_eq!(
+            serde_json::to_value(MonitorLine::Lost(LostEvents { lost: 12 })).unwrap(),
+            lost
+        );
+        assert!(serde_json::from_value::<MonitorLine>(json!({"other": 1})).is_err());
     }
 }

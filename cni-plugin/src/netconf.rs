@@ -28,6 +28,12 @@
 //!     "sendOptions": [{"code": 60, "value": "lanlink"}]  // code 1..=254, not one the
 //!                                   // agent writes (RESERVED_OPTION_CODES); text or 0x hex
 //!   },
+//!   "portSecurity": {                   // optional; first-hop security (README "Security model")
+//!     "dhcpServer": false,              // may answer DHCP/DHCPv6 (a Pi-hole pod)
+//!     "routerAdvertisements": false,    // may send IPv6 RAs and redirects
+//!     "broadcastPps": 1000,             // broadcast+multicast frames/s; 0 = unlimited
+//!     "broadcastBurst": 2000            // 1..=1000000 when broadcastPps is set
+//!   },
 //!   "disableCheck": false               // CHECK succeeds without asking the agent
 //! }
 //! ```
@@ -48,7 +54,7 @@ use serde_json::{Map, Value};
 use crate::result::PrevResult;
 use lanlink_api::{
     AttachmentConfig, AttachmentId, AttachmentRequest, DhcpConfig, DhcpOption, Identity, Ipv4Cidr,
-    Mode, PodIdentity,
+    Mode, PodIdentity, PortSecurity,
 };
 
 /// The `type` every lanlink netconf carries.
@@ -212,6 +218,8 @@ pub struct NetConf {
     pub ipam: Ipam,
     /// `mtu`.
     pub mtu: Option<u32>,
+    /// `portSecurity`.
+    pub port_security: PortSecurity,
     /// `disableCheck`.
     pub disable_check: bool,
     /// `prevResult`, when lanlink is not first in a chain (or on CHECK).
@@ -307,6 +315,8 @@ impl NetConf {
             }
         };
 
+        let port_security = optional::<PortSecurity>(obj, "", "portSecurity")?.unwrap_or_default();
+
         let disable_check = optional::<bool>(obj, "", "disableCheck")?.unwrap_or(false);
 
         let prev_result = match obj.get("prevResult") {
@@ -325,6 +335,7 @@ impl NetConf {
             host_routes,
             ipam,
             mtu,
+            port_security,
             disable_check,
             prev_result,
             valid_attachments,
@@ -345,6 +356,7 @@ impl NetConf {
                 Ipam::None => None,
             },
             mtu: self.mtu,
+            port_security: self.port_security,
         }
     }
 
@@ -818,6 +830,12 @@ mod tests {
                 host_routes: vec![],
                 dhcp: Some(DhcpConfig::default()),
                 mtu: None,
+                port_security: PortSecurity {
+                    dhcp_server: false,
+                    router_advertisements: false,
+                    broadcast_pps: 1000,
+                    broadcast_burst: 2000,
+                },
             }
         );
     }
@@ -835,6 +853,7 @@ mod tests {
             "mtu": 1400,
             "ipam": {"type": "lanlink-dhcp", "timeoutMs": 2500, "arpProbeMs": 0, "identity": "random",
                      "sendOptions": [{"code": 60, "value": "lanlink"}, {"code": 77, "value": "0x0a0B"}]},
+            "portSecurity": {"dhcpServer": true, "routerAdvertisements": true, "broadcastPps": 0},
             "disableCheck": true,
             "capabilities": {"mac": true},
             "runtimeConfig": {"mac": "aa:bb:cc:dd:ee:ff"},
@@ -868,6 +887,12 @@ mod tests {
                     ],
                 }),
                 mtu: Some(1400),
+                port_security: PortSecurity {
+                    dhcp_server: true,
+                    router_advertisements: true,
+                    broadcast_pps: 0,
+                    broadcast_burst: 2000,
+                },
             }
         );
     }
@@ -1047,6 +1072,14 @@ mod tests {
             ("mtu", json!("1500")),
             ("mtu", json!(40)),
             ("disableCheck", json!("yes")),
+            ("portSecurity", json!(true)),
+            ("portSecurity", json!({"dhcpServer": "yes"})),
+            ("portSecurity", json!({"broadcastPps": 2_000_000})),
+            (
+                "portSecurity",
+                json!({"broadcastPps": 10, "broadcastBurst": 0}),
+            ),
+            ("portSecurity", json!({"raGuard": false})),
         ] {
             let (field, _) = invalid_field(parse(with(key, value.clone())));
             assert_eq!(field, key, "{value}");

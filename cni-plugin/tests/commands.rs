@@ -250,6 +250,8 @@ async fn endpoints(State(state): State<Shared>) -> Json<Vec<EndpointInfo>> {
                 mac: POD_MAC,
                 address: Some("198.18.0.50/24".into()),
                 mode: req.config.mode,
+                port_security: req.config.port_security,
+                drops: Default::default(),
             })
             .collect(),
     )

@@ -15,12 +15,14 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, MapData, PerCpuArray, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, lpm_trie::Key,
+    },
     programs::{SchedClassifier, TcAttachType},
 };
 use lanlink_common::{
-    Counter, EndpointByIf, EndpointByMac, FLOOD_EMPTY, MAX_ENDPOINTS, MacKey, StatSlot,
-    endpoint_flags, globals, map_names,
+    Counter, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FLOOD_EMPTY, Ipv6Key,
+    MAX_ENDPOINTS, MacKey, StatSlot, endpoint_flags, globals, map_names,
 };
 
 use crate::paths;
@@ -174,6 +176,9 @@ pub struct Dataplane {
     flood: Array<MapData, u32>,
     host_routes: LpmTrie<MapData, [u8; 4], u32>,
     stats: PerCpuArray<MapData, Counter>,
+    ep_guard: HashMap<MapData, u32, EndpointGuard>,
+    ep_drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
+    v6_owners: HashMap<MapData, Ipv6Key, u32>,
     /// Whether the maps already existed (a previous agent's state was adopted).
     pub adopted: bool,
 }
@@ -243,6 +248,19 @@ impl Dataplane {
             .map_err(map_err(map_names::HOST_ROUTES, "open"))?;
         let stats = PerCpuArray::try_from(take(map_names::STATS)?)
             .map_err(map_err(map_names::STATS, "open"))?;
+        let ep_guard = HashMap::try_from(take(map_names::EP_GUARD)?)
+            .map_err(map_err(map_names::EP_GUARD, "open"))?;
+        let ep_drops = PerCpuHashMap::try_from(take(map_names::EP_DROPS)?)
+            .map_err(map_err(map_names::EP_DROPS, "open"))?;
+        let v6_owners = HashMap::try_from(take(map_names::V6_OWNERS)?)
+            .map_err(map_err(map_names::V6_OWNERS, "open"))?;
+        // No monitor client survives the agent that served it: events are
+        // written only once a client of this agent subscribes.
+        let mut monitor: Array<MapData, u32> = Array::try_from(take(map_names::MONITOR)?)
+            .map_err(map_err(map_names::MONITOR, "open"))?;
+        monitor
+            .set(0, 0, 0)
+            .map_err(map_err(map_names::MONITOR, "reset"))?;
 
         let mut dp = Self {
             ebpf,
@@ -252,6 +270,9 @@ impl Dataplane {
             flood,
             host_routes,
             stats,
+            ep_guard,
+            ep_drops,
+            v6_owners,
             adopted,
         };
         let uplink = dp.cfg.uplink.clone();
@@ -320,11 +341,47 @@ impl Dataplane {
     /// but the dataplane may have learnt one from the server's ACK: an entry
     /// without an address keeps the learnt one, so a restart or an update
     /// of the flags does not reopen the source check.
+    ///
+    /// The guard's limits are replaced, its running state (rate-limit
+    /// times, IPv6 claims) kept; the endpoint's drop counters are created
+    /// once and kept.
     pub fn upsert_endpoint(
         &mut self,
         host_ifindex: u32,
         mut ep: EndpointByIf,
+        mut guard: EndpointGuard,
     ) -> Result<(), DataplaneError> {
+        if let Ok(old) = self.ep_guard.get(&host_ifindex, 0) {
+            guard.bcast_tat = old.bcast_tat;
+            guard.dhcp_tat = old.dhcp_tat;
+            guard.v6_claims = old.v6_claims;
+        }
+        // Before the endpoint entries: the programs see the limits first.
+        self.ep_guard
+            .insert(host_ifindex, guard, 0)
+            .map_err(map_err(
+                map_names::EP_GUARD,
+                format!("insert index {host_ifindex}"),
+            ))?;
+        if self.ep_drops.get(&host_ifindex, 0).is_err() {
+            let cpus = aya::util::nr_cpus().map_err(|(what, source)| DataplaneError::Pin {
+                what: what.to_string(),
+                source,
+            })?;
+            let zero =
+                PerCpuValues::try_from(vec![EndpointDrops::default(); cpus]).map_err(|source| {
+                    DataplaneError::Pin {
+                        what: "per-CPU drop counters".into(),
+                        source,
+                    }
+                })?;
+            self.ep_drops
+                .insert(host_ifindex, zero, 0)
+                .map_err(map_err(
+                    map_names::EP_DROPS,
+                    format!("insert index {host_ifindex}"),
+                ))?;
+        }
         if ep.flags & endpoint_flags::OWN_DHCP != 0
             && ep.ipv4 == [0; 4]
             && let Some(old) = self.endpoint(host_ifindex)
@@ -373,6 +430,26 @@ impl Dataplane {
             map_names::EP_BY_IF,
             format!("remove index {host_ifindex}"),
         ))?;
+        ignore_missing(self.ep_guard.remove(&host_ifindex)).map_err(map_err(
+            map_names::EP_GUARD,
+            format!("remove index {host_ifindex}"),
+        ))?;
+        ignore_missing(self.ep_drops.remove(&host_ifindex)).map_err(map_err(
+            map_names::EP_DROPS,
+            format!("remove index {host_ifindex}"),
+        ))?;
+        // Its IPv6 claims: the addresses are free for the next endpoint.
+        let claims: Vec<Ipv6Key> = self
+            .v6_owners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| *owner == host_ifindex)
+            .map(|(k, _)| k)
+            .collect();
+        for k in claims {
+            ignore_missing(self.v6_owners.remove(&k))
+                .map_err(map_err(map_names::V6_OWNERS, "remove a claim"))?;
+        }
         let members: Vec<u32> = self
             .flood_members()
             .into_iter()
@@ -451,6 +528,32 @@ impl Dataplane {
             }
         }
         Ok(())
+    }
+
+    /// The drops counted against a host veth, summed over CPUs, by slot
+    /// (slots with none left out).
+    pub fn endpoint_drops(&self, host_ifindex: u32) -> Vec<(StatSlot, u64)> {
+        let Ok(per_cpu) = self.ep_drops.get(&host_ifindex, 0) else {
+            return Vec::new();
+        };
+        StatSlot::ALL
+            .iter()
+            .filter(|s| s.is_drop())
+            .filter_map(|s| {
+                let n: u64 = per_cpu.iter().map(|d| d.packets[s.index() as usize]).sum();
+                (n > 0).then_some((*s, n))
+            })
+            .collect()
+    }
+
+    /// The IPv6 addresses a host veth's endpoint claimed.
+    pub fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
+        self.v6_owners
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, owner)| *owner == host_ifindex)
+            .map(|(k, _)| std::net::Ipv6Addr::from(k.addr))
+            .collect()
     }
 
     /// Sums the per-CPU counters of every `STATS` slot (verdicts and drop

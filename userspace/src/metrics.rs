@@ -245,6 +245,16 @@ impl EndpointLabels {
     }
 }
 
+/// Per-endpoint labels with a drop reason.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EndpointDropLabels {
+    container_id: String,
+    ifname: String,
+    namespace: String,
+    pod: String,
+    reason: String,
+}
+
 /// One metric family written by hand: name, help, type, unit and samples.
 fn family<S: EncodeLabelSet, M: EncodeMetric>(
     encoder: &mut DescriptorEncoder,
@@ -461,6 +471,27 @@ impl Collector for Snapshot {
             sent.iter()
                 .map(|(l, c)| (l.clone(), ConstCounter::new(c.sent_bytes))),
         )?;
+        family(
+            &mut enc,
+            "lanlink_endpoint_dropped_packets",
+            "Frames from this pod the dataplane dropped, by reason (see README \"Security model\").",
+            None,
+            self.endpoints.iter().flat_map(|e| {
+                let l = EndpointLabels::of(e);
+                e.drops.iter().map(move |(reason, n)| {
+                    (
+                        EndpointDropLabels {
+                            container_id: l.container_id.clone(),
+                            ifname: l.ifname.clone(),
+                            namespace: l.namespace.clone(),
+                            pod: l.pod.clone(),
+                            reason: reason.clone(),
+                        },
+                        ConstCounter::new(*n),
+                    )
+                })
+            }),
+        )?;
         let lease_labels = |l: &LeaseInfo| {
             let ep = self
                 .endpoints
@@ -635,6 +666,8 @@ mod tests {
                 mac: [2, 0, 0, 0, 0, 1].into(),
                 address: Some("198.18.0.100/24".into()),
                 mode: Mode::Primary,
+                port_security: Default::default(),
+                drops: [("drop_storm".to_string(), 9)].into_iter().collect(),
             }],
             leases: vec![LeaseInfo {
                 container_id: "c1".into(),
@@ -674,6 +707,7 @@ mod tests {
             "lanlink_flows_expired_total 1",
             "lanlink_endpoints 1",
             "lanlink_endpoint_sent_packets_total{container_id=\"c1\",ifname=\"eth0\",namespace=\"default\",pod=\"web-0\"} 5",
+            "lanlink_endpoint_dropped_packets_total{container_id=\"c1\",ifname=\"eth0\",namespace=\"default\",pod=\"web-0\",reason=\"drop_storm\"} 9",
             "lanlink_lease_expiry_timestamp_seconds{container_id=\"c1\",ifname=\"eth0\",namespace=\"default\",pod=\"web-0\"} 3700",
             "# TYPE lanlink_api_request_duration_seconds histogram",
             "lanlink_api_request_duration_seconds_bucket{le=\"0.5\",method=\"POST\",route=\"/v1/cni/add\",status=\"200\"} 1",

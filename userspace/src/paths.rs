@@ -13,11 +13,16 @@ pub const LINKS_DIR: &str = "links";
 /// State file inside the state directory.
 pub const STATE_FILE: &str = "endpoints.json";
 /// The maps pinned by name under the pin directory.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 11] = [
     map_names::EP_BY_MAC,
     map_names::EP_BY_IF,
     map_names::FLOOD,
     map_names::HOST_ROUTES,
     map_names::FLOWS,
     map_names::STATS,
+    map_names::EP_GUARD,
+    map_names::EP_DROPS,
+    map_names::V6_OWNERS,
+    map_names::MONITOR,
+    map_names::DROP_EVENTS,
 ];

@@ -227,7 +227,8 @@ impl<K: Kernel> Agent<K> {
 
         // 5. The endpoint with its address; persist; flood membership.
         let entry = self.endpoint_entry(&ep);
-        self.maps.register(host.index, entry)?;
+        self.maps
+            .register(host.index, entry, self.endpoint_guard(&ep))?;
         self.commit(key, Some(ep.clone())).await?;
         if let Err(e) = self.sync_flood() {
             self.commit(key, None).await?;
@@ -256,7 +257,8 @@ impl<K: Kernel> Agent<K> {
         self.maps.attach(&ep.host_veth).await?;
         phases.mark("attach");
         let entry = self.endpoint_entry(ep);
-        self.maps.register(ep.host_ifindex, entry)?;
+        self.maps
+            .register(ep.host_ifindex, entry, self.endpoint_guard(ep))?;
         undo.endpoint = Some((ep.host_ifindex, ep.mac));
         // The ARP responder must know the node's addresses and this
         // netconf's hostRoutes before the pod has an address to use them

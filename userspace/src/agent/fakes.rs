@@ -14,7 +14,7 @@ use std::{
 use lanlink_api::{
     AttachmentConfig, AttachmentRequest, DhcpConfig, Identity, Ipv4Cidr, Mode, PodIdentity,
 };
-use lanlink_common::{EndpointByIf, EndpointByMac};
+use lanlink_common::{EndpointByIf, EndpointByMac, EndpointGuard, StatSlot};
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -53,6 +53,10 @@ pub(crate) struct World {
     pub ep_by_if: BTreeMap<u32, EndpointByIf>,
     /// `EP_BY_MAC`.
     pub ep_by_mac: BTreeMap<[u8; 6], EndpointByMac>,
+    /// `EP_GUARD`.
+    pub guards: BTreeMap<u32, EndpointGuard>,
+    /// `EP_DROPS`, as tests set them.
+    pub drops: BTreeMap<u32, Vec<(StatSlot, u64)>>,
     /// `FLOOD` members.
     pub flood: Vec<u32>,
     /// `HOST_ROUTES`.
@@ -98,6 +102,7 @@ impl World {
         );
         assert!(self.ep_by_if.is_empty(), "EP_BY_IF entries left");
         assert!(self.ep_by_mac.is_empty(), "EP_BY_MAC entries left");
+        assert!(self.guards.is_empty(), "EP_GUARD entries left");
         assert!(self.flood.is_empty(), "flood members left");
         assert!(
             self.leases.is_empty(),
@@ -280,11 +285,17 @@ impl Maps for FakeMaps {
     fn is_attached(&self, veth: &str, _hook: Hook) -> bool {
         lock(&self.0).attached.contains(veth)
     }
-    fn register(&self, host_ifindex: u32, entry: EndpointByIf) -> Result<(), DataplaneError> {
+    fn register(
+        &self,
+        host_ifindex: u32,
+        entry: EndpointByIf,
+        guard: EndpointGuard,
+    ) -> Result<(), DataplaneError> {
         let mut w = lock(&self.0);
         w.op("register", host_ifindex)
             .map_err(|()| dp_err("register"))?;
         w.ep_by_if.insert(host_ifindex, entry);
+        w.guards.insert(host_ifindex, guard);
         w.ep_by_mac.insert(
             entry.mac,
             EndpointByMac {
@@ -308,6 +319,7 @@ impl Maps for FakeMaps {
             w.ep_by_mac.remove(&mac);
         }
         w.ep_by_if.remove(&host_ifindex);
+        w.guards.remove(&host_ifindex);
         w.flood.retain(|m| *m != host_ifindex);
         Ok(())
     }
@@ -321,6 +333,13 @@ impl Maps for FakeMaps {
     }
     fn endpoint_by_mac(&self, mac: [u8; 6]) -> Option<EndpointByMac> {
         lock(&self.0).ep_by_mac.get(&mac).copied()
+    }
+    fn endpoint_drops(&self, host_ifindex: u32) -> Vec<(StatSlot, u64)> {
+        lock(&self.0)
+            .drops
+            .get(&host_ifindex)
+            .cloned()
+            .unwrap_or_default()
     }
     fn set_flood(&self, members: &[u32]) -> Result<(), DataplaneError> {
         let mut w = lock(&self.0);
@@ -547,6 +566,7 @@ pub(crate) fn request(container: &str, pod: &str) -> AttachmentRequest {
                 ..DhcpConfig::default()
             }),
             mtu: None,
+            port_security: Default::default(),
         },
     }
 }

@@ -43,7 +43,7 @@ use lanlink_api::{
     ApiError, AttachmentConfig, AttachmentResult, Dns, Interface, IpConfig, LeaseInfo, Mode, Route,
     StatusResponse, codes,
 };
-use lanlink_common::{EndpointByIf, endpoint_flags};
+use lanlink_common::{EndpointByIf, EndpointGuard, endpoint_flags};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
@@ -475,10 +475,24 @@ impl<K: Kernel> Agent<K> {
 
     /// All endpoints.
     pub fn endpoints(&self) -> Vec<lanlink_api::EndpointInfo> {
-        self.state()
+        let infos: Vec<_> = self
+            .state()
             .endpoints
             .values()
             .map(Endpoint::info)
+            .collect();
+        // The counters are read with the state lock released.
+        infos
+            .into_iter()
+            .map(|mut info| {
+                info.drops = self
+                    .maps
+                    .endpoint_drops(info.host_ifindex)
+                    .into_iter()
+                    .map(|(slot, n)| (slot.label().to_string(), n))
+                    .collect();
+                info
+            })
             .collect()
     }
 
@@ -507,6 +521,12 @@ impl<K: Kernel> Agent<K> {
         if ep.expired {
             flags |= endpoint_flags::EXPIRED;
         }
+        if ep.config.port_security.dhcp_server {
+            flags |= endpoint_flags::DHCP_SERVER;
+        }
+        if ep.config.port_security.router_advertisements {
+            flags |= endpoint_flags::ROUTER_ADVERT;
+        }
         EndpointByIf {
             mac: ep.mac,
             host_mac: ep.host_mac,
@@ -517,6 +537,12 @@ impl<K: Kernel> Agent<K> {
                 .unwrap_or([0; 4]),
             flags,
         }
+    }
+
+    /// The endpoint's first-hop limits (its storm control).
+    fn endpoint_guard(&self, ep: &Endpoint) -> EndpointGuard {
+        let ps = ep.config.port_security;
+        EndpointGuard::new(ps.broadcast_pps, ps.broadcast_burst)
     }
 
     fn check_uplink(&self, cfg: &AttachmentConfig) -> Result<(), AgentError> {

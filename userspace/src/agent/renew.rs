@@ -139,7 +139,10 @@ impl<K: Kernel> Agent<K> {
         );
         // The maps first: the dataplane stops accepting the address at once.
         let entry = self.endpoint_entry(&ep);
-        if let Err(e) = self.maps.register(ep.host_ifindex, entry) {
+        if let Err(e) = self
+            .maps
+            .register(ep.host_ifindex, entry, self.endpoint_guard(&ep))
+        {
             warn!(attachment = %key, error = %e, "cannot mark endpoint expired");
         }
         if let Some(l) = &ep.lease {

@@ -13,7 +13,7 @@
 
 use std::{future::Future, net::Ipv4Addr, path::Path, sync::Mutex, time::Duration};
 
-use lanlink_common::{EndpointByIf, EndpointByMac};
+use lanlink_common::{EndpointByIf, EndpointByMac, EndpointGuard, StatSlot};
 
 use crate::{
     dataplane::{Dataplane, DataplaneError, Hook},
@@ -96,8 +96,14 @@ pub trait Maps: Send + Sync + 'static {
     fn detach(&self, veth: &str) -> Result<(), DataplaneError>;
     /// Whether `hook` is attached to `veth`.
     fn is_attached(&self, veth: &str, hook: Hook) -> bool;
-    /// Writes both endpoint entries of a host veth.
-    fn register(&self, host_ifindex: u32, entry: EndpointByIf) -> Result<(), DataplaneError>;
+    /// Writes both endpoint entries of a host veth and its first-hop guard
+    /// (limits replaced, running state kept).
+    fn register(
+        &self,
+        host_ifindex: u32,
+        entry: EndpointByIf,
+        guard: EndpointGuard,
+    ) -> Result<(), DataplaneError>;
     /// Removes the endpoint entries of a host veth and its flood slot; the
     /// `EP_BY_MAC` entry of `mac` only while it points at `host_ifindex`.
     fn unregister(&self, host_ifindex: u32, mac: Option<[u8; 6]>) -> Result<(), DataplaneError>;
@@ -107,6 +113,8 @@ pub trait Maps: Send + Sync + 'static {
     fn endpoint(&self, host_ifindex: u32) -> Option<EndpointByIf>;
     /// The `EP_BY_MAC` entry of a MAC.
     fn endpoint_by_mac(&self, mac: [u8; 6]) -> Option<EndpointByMac>;
+    /// The drops counted against a host veth's endpoint, by slot.
+    fn endpoint_drops(&self, host_ifindex: u32) -> Vec<(StatSlot, u64)>;
     /// Makes the flood list hold exactly `members`.
     fn set_flood(&self, members: &[u32]) -> Result<(), DataplaneError>;
     /// Replaces the host-routes trie.
@@ -249,8 +257,13 @@ impl Maps for NodeMaps {
     fn is_attached(&self, veth: &str, hook: Hook) -> bool {
         self.with(|dp| dp.is_attached(veth, hook))
     }
-    fn register(&self, host_ifindex: u32, entry: EndpointByIf) -> Result<(), DataplaneError> {
-        self.with(|dp| dp.upsert_endpoint(host_ifindex, entry))
+    fn register(
+        &self,
+        host_ifindex: u32,
+        entry: EndpointByIf,
+        guard: EndpointGuard,
+    ) -> Result<(), DataplaneError> {
+        self.with(|dp| dp.upsert_endpoint(host_ifindex, entry, guard))
     }
     fn unregister(&self, host_ifindex: u32, mac: Option<[u8; 6]>) -> Result<(), DataplaneError> {
         self.with(|dp| dp.remove_endpoint(host_ifindex, mac))
@@ -266,6 +279,9 @@ impl Maps for NodeMaps {
     }
     fn endpoint_by_mac(&self, mac: [u8; 6]) -> Option<EndpointByMac> {
         self.with(|dp| dp.endpoint_by_mac(mac))
+    }
+    fn endpoint_drops(&self, host_ifindex: u32) -> Vec<(StatSlot, u64)> {
+        self.with(|dp| dp.endpoint_drops(host_ifindex))
     }
     fn set_flood(&self, members: &[u32]) -> Result<(), DataplaneError> {
         self.with(|dp| dp.set_flood(members))

@@ -128,7 +128,7 @@ impl<K: Kernel> Agent<K> {
                 Ok(Some(l)) if l.index == ep.host_ifindex => {
                     let entry = self.endpoint_entry(&ep);
                     let res = match self.maps.attach(&ep.host_veth).await {
-                        Ok(()) => self.maps.register(l.index, entry),
+                        Ok(()) => self.maps.register(l.index, entry, self.endpoint_guard(&ep)),
                         Err(e) => Err(e),
                     };
                     if let Err(e) = res {

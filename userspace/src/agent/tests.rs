@@ -373,3 +373,52 @@ async fn a_failed_save_leaves_memory_as_the_disk_says() {
     let t2 = t.restart().await;
     assert_eq!(t2.agent.endpoints().len(), 1, "the retried ADD is on disk");
 }
+
+#[tokio::test]
+async fn port_security_reaches_the_endpoint_flags_and_guard_and_drops_are_reported() {
+    use lanlink_common::{DropReason, EndpointGuard, endpoint_flags};
+
+    let t = TestAgent::start().await;
+    // Defaults: no server, no RAs, 1,000 frames/s with bursts of 2,000.
+    t.agent.add(request("c1", "p")).await.unwrap();
+    let mut req = request("c2", "q");
+    req.config.port_security = lanlink_api::PortSecurity::new(true, true, 50, 7).unwrap();
+    t.agent.add(req).await.unwrap();
+    let (p, q) = {
+        let eps = t.agent.endpoints();
+        let find = |c: &str| {
+            eps.iter()
+                .find(|e| e.container_id == c)
+                .unwrap()
+                .host_ifindex
+        };
+        (find("c1"), find("c2"))
+    };
+    {
+        let w = t.world();
+        let server_ra = endpoint_flags::DHCP_SERVER | endpoint_flags::ROUTER_ADVERT;
+        assert_eq!(w.ep_by_if[&p].flags & server_ra, 0);
+        assert_eq!(w.ep_by_if[&q].flags & server_ra, server_ra);
+        assert_eq!(w.guards[&p], EndpointGuard::new(1_000, 2_000));
+        assert_eq!(w.guards[&q], EndpointGuard::new(50, 7));
+    }
+    // A renewal or restart re-registers with the same switches.
+    let t2 = t.restart().await;
+    assert_eq!(t2.world().guards[&q], EndpointGuard::new(50, 7));
+    t2.world()
+        .drops
+        .insert(q, vec![(DropReason::Storm.slot(), 12)]);
+    let eps = t2.agent.endpoints();
+    let q_info = eps.iter().find(|e| e.container_id == "c2").unwrap();
+    assert_eq!(q_info.drops.get("drop_storm"), Some(&12));
+    assert!(q_info.port_security.dhcp_server);
+    assert!(
+        eps.iter()
+            .find(|e| e.container_id == "c1")
+            .unwrap()
+            .drops
+            .is_empty()
+    );
+    t2.agent.del(request("c2", "q")).await.unwrap();
+    assert!(!t2.world().guards.contains_key(&q));
+}

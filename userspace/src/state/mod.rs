@@ -165,6 +165,8 @@ impl Endpoint {
                 .as_ref()
                 .map(|l| format!("{}/{}", l.address, l.prefix_len)),
             mode: self.config.mode,
+            port_security: self.config.port_security,
+            drops: Default::default(),
         }
     }
 }

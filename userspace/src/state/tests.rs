@@ -82,6 +82,8 @@ fn full_state() -> State {
             arp_probe_ms: 0,
         }),
         mtu: Some(1400),
+        // The released file predates the switches: the defaults.
+        port_security: Default::default(),
     };
     ep.expired = true;
     let mut st = State::default();
@@ -219,6 +221,42 @@ fn records_without_lease_expiry_or_pod_load_with_defaults() {
     );
     let back = Store::new(&d.0).unwrap().load().unwrap();
     assert_eq!(back.endpoints["c1/eth0"], endpoint("c1", None));
+}
+
+#[test]
+fn port_security_round_trips_and_out_of_range_limits_are_refused() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    let mut st = full_state();
+    let switches = lanlink_api::PortSecurity::new(true, true, 0, 1).unwrap();
+    st.endpoints
+        .get_mut("c1/eth0")
+        .unwrap()
+        .config
+        .port_security = switches;
+    store.submit(st.clone()).wait_blocking().unwrap();
+    assert_eq!(
+        file_json(&d)["endpoints"]["c1/eth0"]["config"]["portSecurity"],
+        serde_json::json!({"dhcpServer": true, "routerAdvertisements": true,
+                           "broadcastPps": 0, "broadcastBurst": 1})
+    );
+    // The defaults are not written (an older agent reads the file).
+    assert!(file_json(&d)["endpoints"]["c2/eth0"]["config"]["portSecurity"].is_null());
+    assert_eq!(store.load().unwrap(), st);
+    // A stored limit the API no longer accepts names the attachment.
+    let bad = RELEASED_FILE.replacen(
+        r#""mtu": 1400"#,
+        r#""mtu": 1400, "portSecurity": {"dhcpServer": false, "routerAdvertisements": false, "broadcastPps": 5, "broadcastBurst": 0}"#,
+        1,
+    );
+    assert_ne!(bad, RELEASED_FILE, "the replacement must hit");
+    write_file(&d, &bad);
+    let err = Store::new(&d.0).unwrap().load().unwrap_err();
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(chain.contains("c1/eth0: portSecurity"), "{chain}");
 }
 
 #[test]

@@ -91,6 +91,24 @@ pub struct Attachment {
     /// Interface MTU; absent keeps the uplink's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mtu: Option<u32>,
+    /// First-hop security switches; absent: the defaults (records written
+    /// before the switches existed have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port_security: Option<PortSecurity>,
+}
+
+/// The first-hop security switches of an attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortSecurity {
+    /// May answer DHCP and DHCPv6.
+    pub dhcp_server: bool,
+    /// May send IPv6 router advertisements and redirects.
+    pub router_advertisements: bool,
+    /// Broadcast and multicast frames per second; 0 = unlimited.
+    pub broadcast_pps: u32,
+    /// Burst of those.
+    pub broadcast_burst: u32,
 }
 
 /// Primary or secondary attachment.
@@ -294,6 +312,12 @@ impl From<&wire::AttachmentConfig> for Attachment {
                 arp_probe_ms: d.arp_probe_ms,
             }),
             mtu: c.mtu,
+            port_security: (!c.port_security.is_default()).then(|| PortSecurity {
+                dhcp_server: c.port_security.dhcp_server,
+                router_advertisements: c.port_security.router_advertisements,
+                broadcast_pps: c.port_security.broadcast_pps,
+                broadcast_burst: c.port_security.broadcast_burst,
+            }),
         }
     }
 }
@@ -309,6 +333,14 @@ pub enum InvalidRecord {
         /// Why.
         #[source]
         source: CidrError,
+    },
+    /// The `portSecurity` limits are out of range.
+    #[error("attachment {key}: portSecurity: {reason}")]
+    PortSecurity {
+        /// The attachment.
+        key: String,
+        /// Why.
+        reason: String,
     },
     /// A `sendOptions` entry is not a valid option.
     #[error("attachment {key}: DHCP option {code}")]
@@ -378,6 +410,19 @@ impl Attachment {
             host_routes,
             dhcp,
             mtu: self.mtu,
+            port_security: match self.port_security {
+                None => wire::PortSecurity::default(),
+                Some(p) => wire::PortSecurity::new(
+                    p.dhcp_server,
+                    p.router_advertisements,
+                    p.broadcast_pps,
+                    p.broadcast_burst,
+                )
+                .map_err(|reason| InvalidRecord::PortSecurity {
+                    key: key.into(),
+                    reason,
+                })?,
+            },
         })
     }
 }
