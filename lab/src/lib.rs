@@ -46,6 +46,7 @@ pub mod capture;
 pub mod cleanup;
 pub mod cmd;
 pub mod cni;
+pub mod firsthop;
 pub mod kea;
 pub mod lan;
 pub mod names;
@@ -108,7 +109,7 @@ pub fn workspace_root() -> PathBuf {
 }
 
 /// The path of one of this package's tools (`lab-net`, `lab-rr`,
-/// `lab-udpflood`, `lab-fake-agent`), built and up to date.
+/// `lab-udpflood`, `lab-craft`, `lab-fake-agent`), built and up to date.
 ///
 /// A test of another package (the scenarios in `tests/`) cannot name these
 /// binaries with `env!("CARGO_BIN_EXE_…")`, and `cargo test -p
