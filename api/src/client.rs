@@ -610,3 +610,108 @@ impl MonitorStream {
         decode(Method::GET, &self.route, line.as_bytes()).map(Some)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read as _, Write as _};
+    use std::os::unix::net::UnixListener;
+
+    use super::*;
+    use crate::types::LostEvents;
+
+    /// A socket path of its own for this test.
+    fn socket(name: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("lanlink-api-{}-{name}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        path
+    }
+
+    /// Serves one connection of `listener` on a thread: reads the request
+    /// head, then writes `answer` piece by piece (a pause after each, so the
+    /// client reads them separately); the thread returns the request head.
+    fn serve_once(listener: UnixListener, answer: Vec<String>) -> std::thread::JoinHandle<String> {
+        std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).unwrap();
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            for piece in answer {
+                conn.write_all(piece.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            String::from_utf8(head).unwrap()
+        })
+    }
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn monitor_lines_split_across_chunks_are_joined_and_blank_ones_skipped() {
+        run(async {
+            let path = socket("monitor");
+            // HTTP/1.1 chunks cut across lines, and a blank line.
+            let chunk = |data: &str| format!("{:x}\r\n{data}\r\n", data.len());
+            let mut answer = vec![
+                "HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\n\
+                 transfer-encoding: chunked\r\n\r\n"
+                    .to_owned(),
+            ];
+            answer.extend(["{\"lost\":", "3}\n\n{\"lo", "st\":4}\r\n", "{\"lost\":5}"].map(chunk));
+            answer.push("0\r\n\r\n".to_owned());
+            let server = serve_once(UnixListener::bind(&path).unwrap(), answer);
+            let client = AgentClient::new(&path);
+            let mut stream = client.monitor_async().await.unwrap();
+            for lost in [3, 4] {
+                assert_eq!(
+                    stream.next().await.unwrap(),
+                    Some(MonitorLine::Lost(LostEvents { lost }))
+                );
+            }
+            // The last line lacks its newline; it counts all the same.
+            assert_eq!(
+                stream.next_line().await.unwrap().as_deref(),
+                Some("{\"lost\":5}")
+            );
+            assert_eq!(stream.next().await.unwrap(), None);
+            let head = server.join().unwrap();
+            assert!(head.starts_with("GET /v1/monitor HTTP/1.1\r\n"), "{head}");
+            assert!(head.contains("application/x-ndjson"), "{head}");
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+
+    #[test]
+    fn a_refused_monitor_is_the_agents_api_error() {
+        run(async {
+            let path = socket("refused");
+            let body = r#"{"code":11,"msg":"cannot open the pinned map","details":""}"#;
+            let answer = format!(
+                "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                 content-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let server = serve_once(UnixListener::bind(&path).unwrap(), vec![answer]);
+            let e = AgentClient::new(&path).monitor_async().await.unwrap_err();
+            match e {
+                ClientError::Api { status, error } => {
+                    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+                    assert_eq!(error.msg, "cannot open the pinned map");
+                }
+                e => panic!("{e:?}"),
+            }
+            server.join().unwrap();
+            let _ = std::fs::remove_file(&path);
+        });
+    }
+}

@@ -184,6 +184,36 @@ async fn flows(State(a): AppState<Node>) -> Result<Response, Failure> {
     Ok(Json(flows).into_response())
 }
 
+/// `GET /v1/monitor`: the frames the dataplane drops, one JSON line each,
+/// until the client goes away or the agent stops ([`crate::monitor`]).
+async fn monitor(State(a): AppState<Node>) -> Result<Response, Failure> {
+    let pin_dir = a.with_dataplane(|dp| dp.config().pin_dir.clone());
+    // Weak: the reader outlives this request, and must not keep the agent.
+    let agent = Arc::downgrade(&a);
+    let endpoints = move || agent.upgrade().map(|a| a.endpoints()).unwrap_or_default();
+    let subscription = crate::monitor::agent_monitor()
+        .subscribe_pinned(&pin_dir, endpoints)
+        .map_err(|e| {
+            tracing::warn!(error = %e, "cannot start a monitor stream");
+            let code = match e {
+                crate::monitor::MonitorError::Stopping => codes::TRY_AGAIN_LATER,
+                _ => codes::DATAPLANE,
+            };
+            Failure(ApiError {
+                code,
+                msg: e.to_string(),
+                details: std::error::Error::source(&e)
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            })
+        })?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, routes::NDJSON)],
+        subscription.into_body(),
+    )
+        .into_response())
+}
+
 /// The routes that only need an [`Agent`], whatever its kernel: the CNI
 /// verbs, status, endpoints and leases.
 fn agent_routes<K: Kernel>() -> Router<Arc<Agent<K>>> {
@@ -203,6 +233,7 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .route(routes::DHCP, get(dhcp_stats))
         .route(routes::STATS, get(stats))
         .route(routes::FLOWS, get(flows))
+        .route(routes::MONITOR, get(monitor))
         .route(routes::METRICS, get(crate::metrics::handler))
         .layer(axum::middleware::from_fn(crate::metrics::track))
         .layer(DefaultBodyLimit::max(MAX_BODY))

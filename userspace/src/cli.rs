@@ -6,6 +6,10 @@
 //! read the pinned maps under `--pin-dir` directly (a note on stderr says so;
 //! the JSON of `endpoints` then has the maps' fields only), and `status`
 //! reports what is pinned and exits non-zero. `leases` needs the agent.
+//!
+//! `lanlinkd monitor [--json] [--count N] [--timeout SECS]` streams the
+//! drops the agent reports (`GET /v1/monitor`), one line each, and needs the
+//! agent too.
 
 use std::{
     net::Ipv4Addr,
@@ -14,6 +18,7 @@ use std::{
 
 use anyhow::Context as _;
 use aya::maps::{HashMap, Map, MapData};
+use lanlink_api::types::{DropEventInfo, MonitorLine};
 use lanlink_api::{
     EndpointInfo, FlowRow, LeaseInfo, StatsRow, StatusResponse,
     client::{AgentClient, ClientError},
@@ -246,6 +251,7 @@ fn endpoints_table(eps: &[EndpointInfo]) -> String {
                 e.host_veth.clone(),
                 format!("{:?}", e.mode).to_lowercase(),
                 e.network.clone(),
+                drops_cell(&e.drops),
             ]
         })
         .collect();
@@ -259,9 +265,24 @@ fn endpoints_table(eps: &[EndpointInfo]) -> String {
             "HOST VETH",
             "MODE",
             "NETWORK",
+            "DROPS",
         ],
         &rows,
     )
+}
+
+/// An endpoint's drops, `reason=count` without the `drop_` prefix, most
+/// first; `-` for none.
+fn drops_cell(drops: &std::collections::BTreeMap<String, u64>) -> String {
+    if drops.is_empty() {
+        return "-".into();
+    }
+    let mut v: Vec<(&String, &u64)> = drops.iter().collect();
+    v.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+    v.iter()
+        .map(|(r, n)| format!("{}={n}", r.strip_prefix("drop_").unwrap_or(r)))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn pinned_endpoints_table(eps: &[PinnedEndpoint]) -> String {
@@ -489,9 +510,175 @@ pub async fn run(cmd: Cmd, json: bool, socket: &Path, pin_dir: &Path) -> anyhow:
     Ok(())
 }
 
+/// What `lanlinkd monitor` prints, and when it stops (besides Ctrl-C).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MonitorOptions {
+    /// Print the agent's JSON lines as received instead of one human line
+    /// per drop.
+    pub json: bool,
+    /// Stop after this many drops.
+    pub count: Option<u64>,
+    /// Stop after this long.
+    pub timeout: Option<std::time::Duration>,
+}
+
+/// `lanlinkd monitor`: prints the drops the agent at `socket` streams as
+/// they happen, until Ctrl-C, `count` drops or `timeout`. Fails when the
+/// agent cannot be asked, when it ends the stream (it is stopping), and
+/// when `timeout` passes before `count` drops.
+pub async fn monitor(socket: &Path, opts: MonitorOptions) -> anyhow::Result<()> {
+    let client = AgentClient::new(socket);
+    let deadline = async {
+        match opts.timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(deadline);
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut stream = tokio::select! {
+        stream = client.monitor_async() => {
+            stream.with_context(|| format!("ask the agent at {}", socket.display()))?
+        }
+        () = &mut deadline => return monitor_timed_out(opts, 0),
+        _ = &mut ctrl_c => return Ok(()),
+    };
+    eprintln!(
+        "listening for drops at {} (Ctrl-C to stop)",
+        socket.display()
+    );
+    let mut drops = 0_u64;
+    while opts.count.is_none_or(|n| drops < n) {
+        let line = tokio::select! {
+            line = stream.next_line() => line.context("read the agent's stream")?,
+            () = &mut deadline => return monitor_timed_out(opts, drops),
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let Some(line) = line else {
+            anyhow::bail!("the agent ended the stream (it is stopping)");
+        };
+        let decoded = serde_json::from_str::<MonitorLine>(&line);
+        if matches!(decoded, Ok(MonitorLine::Drop(_))) {
+            drops += 1;
+        }
+        let text = match decoded {
+            _ if opts.json => line,
+            Ok(MonitorLine::Drop(d)) => drop_line(&d),
+            Ok(MonitorLine::Lost(l)) => {
+                eprintln!("{} drop events lost: this client did not keep up", l.lost);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("skipped a line that is no drop event ({e}): {line}");
+                continue;
+            }
+        };
+        if !print_line(&text)? {
+            // Whoever read our output is gone (`| head`): done.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// The end of `monitor` at its timeout, with `drops` seen.
+fn monitor_timed_out(opts: MonitorOptions, drops: u64) -> anyhow::Result<()> {
+    match (opts.count, opts.timeout) {
+        (Some(n), Some(t)) if drops < n => {
+            anyhow::bail!("saw {drops} of {n} drops within {}s", t.as_secs_f64())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Writes `line` to stdout; `false` when stdout is a closed pipe.
+fn print_line(line: &str) -> anyhow::Result<bool> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{line}").and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(e).context("write to stdout"),
+    }
+}
+
+/// One drop as `lanlinkd monitor` prints it: `12:00:01.123 drop_spoof_ip6
+/// default/web (eth0, ll0123456789ab) 02:00:00:00:00:01 → 33:33:00:00:00:01
+/// 2001:2::bd → ff02::1 proto 58 type 128 code 0`.
+pub fn drop_line(d: &DropEventInfo) -> String {
+    let who = match (&d.pod, &d.host_veth) {
+        (Some(pod), veth) => format!(
+            "{}/{pod} ({}, {})",
+            d.namespace.as_deref().unwrap_or("-"),
+            d.ifname.as_deref().unwrap_or("-"),
+            veth.as_deref().unwrap_or("-"),
+        ),
+        (None, Some(veth)) => veth.clone(),
+        (None, None) => format!("ifindex {}", d.ifindex),
+    };
+    let mut line = format!(
+        "{} {} {who} {} → {}",
+        clock(d.time_ms),
+        d.reason,
+        d.src_mac,
+        d.dst_mac
+    );
+    match (d.src, d.dst) {
+        (Some(src), Some(dst)) => {
+            let end = |ip: std::net::IpAddr, port: Option<u16>| match port {
+                Some(port) => std::net::SocketAddr::new(ip, port).to_string(),
+                None => ip.to_string(),
+            };
+            line.push_str(&format!(" {} → {}", end(src, d.sport), end(dst, d.dport)));
+            if let Some(proto) = d.proto {
+                line.push_str(&format!(" proto {proto}"));
+            }
+            if let (Some(t), Some(c)) = (d.icmp_type, d.icmp_code) {
+                line.push_str(&format!(" type {t} code {c}"));
+            }
+        }
+        _ => line.push_str(&format!(" ethertype {}", d.ethertype)),
+    }
+    line
+}
+
+/// `HH:MM:SS.mmm` of Unix time `ms` in local time (UTC if the local time
+/// cannot be had).
+fn clock(ms: u64) -> String {
+    let secs = (ms / 1000) as libc::time_t;
+    let mut tm = std::mem::MaybeUninit::<libc::tm>::zeroed();
+    // SAFETY: both pointers are valid for the call; localtime_r is the
+    // thread-safe form and fills `tm` when it returns non-null.
+    let filled = !unsafe { libc::localtime_r(&secs, tm.as_mut_ptr()) }.is_null();
+    let (h, m, s) = if filled {
+        // SAFETY: filled by localtime_r (and zeroed before: any value is valid).
+        let tm = unsafe { tm.assume_init() };
+        (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)
+    } else {
+        let day = (ms / 1000) % 86_400;
+        (day / 3600, day / 60 % 60, day % 60)
+    };
+    format!("{h:02}:{m:02}:{s:02}.{:03}", ms % 1000)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drops_cell_lists_reasons_most_first() {
+        assert_eq!(drops_cell(&Default::default()), "-");
+        let drops = [
+            ("drop_storm", 3),
+            ("drop_spoof_ip6", 40),
+            ("drop_l2_control", 3),
+        ]
+        .map(|(r, n)| (r.to_string(), n))
+        .into_iter()
+        .collect();
+        assert_eq!(drops_cell(&drops), "spoof_ip6=40,l2_control=3,storm=3");
+    }
 
     #[test]
     fn table_aligns_columns() {
@@ -560,5 +747,71 @@ mod tests {
         let e = pinned_endpoints(dir).unwrap_err().to_string();
         assert!(e.contains("EP_BY_IF"), "{e}");
         assert!(pinned_links(dir).is_empty());
+    }
+
+    fn drop_event(json: serde_json::Value) -> DropEventInfo {
+        serde_json::from_value(json).unwrap()
+    }
+
+    #[test]
+    fn drop_lines_name_the_pod_and_the_addresses() {
+        let d = drop_event(serde_json::json!({
+            "timeMs": 1_700_000_001_123_u64, "reason": "drop_spoof_ip6", "ifindex": 7,
+            "hostVeth": "ll0123456789ab", "namespace": "default", "pod": "web",
+            "containerId": "c1", "ifname": "eth0", "srcMac": "02:00:00:00:00:01",
+            "dstMac": "33:33:00:00:00:01", "ethertype": "0x86dd", "src": "2001:2::bd",
+            "dst": "ff02::1", "proto": 58, "icmpType": 128, "icmpCode": 0, "len": 118
+        }));
+        let line = drop_line(&d);
+        let (time, rest) = line.split_once(' ').unwrap();
+        assert_eq!(time.len(), "12:00:01.123".len(), "{line}");
+        assert!(time.ends_with(".123"), "{line}");
+        assert_eq!(
+            rest,
+            "drop_spoof_ip6 default/web (eth0, ll0123456789ab) 02:00:00:00:00:01 → \
+             33:33:00:00:00:01 2001:2::bd → ff02::1 proto 58 type 128 code 0"
+        );
+
+        let d = drop_event(serde_json::json!({
+            "timeMs": 0, "reason": "drop_dhcp6_server", "ifindex": 9,
+            "hostVeth": "eth0", "srcMac": "02:00:00:00:00:02",
+            "dstMac": "33:33:00:01:00:02", "ethertype": "0x86dd", "src": "fe80::2",
+            "dst": "ff02::1:2", "proto": 17, "sport": 547, "dport": 546, "len": 90
+        }));
+        let line = drop_line(&d);
+        assert!(
+            line.ends_with(
+                " drop_dhcp6_server eth0 02:00:00:00:00:02 → 33:33:00:01:00:02 \
+                 [fe80::2]:547 → [ff02::1:2]:546 proto 17"
+            ),
+            "{line}"
+        );
+
+        let d = drop_event(serde_json::json!({
+            "timeMs": 0, "reason": "drop_spoof_arp", "ifindex": 4,
+            "srcMac": "02:00:00:00:00:03", "dstMac": "ff:ff:ff:ff:ff:ff",
+            "ethertype": "0x0806", "len": 42
+        }));
+        assert!(
+            drop_line(&d).ends_with(
+                " drop_spoof_arp ifindex 4 02:00:00:00:00:03 → ff:ff:ff:ff:ff:ff ethertype 0x0806"
+            ),
+            "{}",
+            drop_line(&d)
+        );
+    }
+
+    #[test]
+    fn monitor_fails_at_its_timeout_only_short_of_its_count() {
+        let t = Some(std::time::Duration::from_secs(2));
+        let opts = |count| MonitorOptions {
+            json: false,
+            count,
+            timeout: t,
+        };
+        assert!(monitor_timed_out(opts(None), 0).is_ok());
+        assert!(monitor_timed_out(opts(Some(3)), 3).is_ok());
+        let e = monitor_timed_out(opts(Some(3)), 1).unwrap_err().to_string();
+        assert_eq!(e, "saw 1 of 3 drops within 2s");
     }
 }

@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod firewall;
 pub mod flows;
 pub mod metrics;
+pub mod monitor;
 pub mod netlink;
 pub mod paths;
 pub mod state;

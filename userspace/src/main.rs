@@ -129,10 +129,29 @@ enum Command {
     Stats(Output),
     /// Conntrack-bypass flows (from the pinned map if the agent is down).
     Flows(Output),
+    /// Frames the dataplane drops, live: one line each with the reason, the
+    /// pod and the addresses (like `cilium monitor --type drop`), until
+    /// Ctrl-C, `--count` or `--timeout`. Fails when `--timeout` passes
+    /// before `--count` drops.
+    Monitor(MonitorArgs),
     /// Removes what the agent installed on the node: its netfilter chains and
     /// their jumps, and its pinned programs and maps (detaching them from the
     /// uplink and the veths). Stop the agent and delete its pods first.
     Uninstall(UninstallArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct MonitorArgs {
+    /// Print the agent's JSON lines as received (one drop event, or a note
+    /// of events lost, per line).
+    #[arg(long)]
+    json: bool,
+    /// Stop after this many drops.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -176,6 +195,14 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => rt.block_on(run(cli.run, cli.socket, cli.pin_dir)),
         Some(Command::Uninstall(args)) => uninstall(&args, &cli.socket, &cli.pin_dir),
+        Some(Command::Monitor(args)) => rt.block_on(cli::monitor(
+            &cli.socket,
+            cli::MonitorOptions {
+                json: args.json,
+                count: args.count,
+                timeout: args.timeout.map(std::time::Duration::from_secs),
+            },
+        )),
         Some(cmd) => rt.block_on(lanlink_agent::cli::run(
             cmd_name(&cmd),
             json_of(&cmd),
@@ -193,6 +220,7 @@ fn cmd_name(cmd: &Command) -> cli::Cmd {
         Command::Stats(_) => cli::Cmd::Stats,
         Command::Flows(_) => cli::Cmd::Flows,
         Command::Uninstall(_) => unreachable!("main runs uninstall itself"),
+        Command::Monitor(_) => unreachable!("main runs monitor itself"),
     }
 }
 
@@ -203,7 +231,7 @@ fn json_of(cmd: &Command) -> bool {
         | Command::Leases(o)
         | Command::Stats(o)
         | Command::Flows(o) => o.json,
-        Command::Uninstall(_) => false,
+        Command::Uninstall(_) | Command::Monitor(_) => false,
     }
 }
 
@@ -237,6 +265,9 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
     };
     lanlink_agent::dataplane::check_kernel(cfg.attach)?;
     let agent: Arc<Agent> = Agent::start(cfg, shutdown.clone()).await?;
+    // Monitor streams never end on their own: the API's graceful shutdown
+    // would wait for them.
+    lanlink_agent::monitor::agent_monitor().stop_at(shutdown.clone());
     tracing::info!(status = ?agent.status(), "agent ready");
 
     let signals = shutdown.clone();
@@ -331,5 +362,25 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["lanlinkd", "--log", "warn"]).unwrap();
         assert_eq!(cli.log.as_deref(), Some("warn"));
+    }
+
+    #[test]
+    fn monitor_takes_json_count_and_timeout() {
+        let cli = Cli::try_parse_from([
+            "lanlinkd",
+            "monitor",
+            "--json",
+            "--count",
+            "1",
+            "--timeout",
+            "10",
+        ])
+        .unwrap();
+        let Some(Command::Monitor(m)) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert!(m.json);
+        assert_eq!((m.count, m.timeout), (Some(1), Some(10)));
+        assert!(Cli::try_parse_from(["lanlinkd", "monitor", "--count", "0"]).is_err());
     }
 }

@@ -35,7 +35,7 @@ pub(crate) fn record_drop(ctx: &TcContext, reason: DropReason) {
     };
     let _ = fill(ctx, &mut ev);
     // A full ring (no reader keeping up) loses the event, never the verdict.
-    let _ = DROP_EVENTS.output(&ev, 0);
+    let _ = DROP_EVENTS.output(ev, 0);
 }
 
 /// Copies the frame's addresses into `ev`, as far as it has them.

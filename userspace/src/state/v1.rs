@@ -312,7 +312,7 @@ impl From<&wire::AttachmentConfig> for Attachment {
                 arp_probe_ms: d.arp_probe_ms,
             }),
             mtu: c.mtu,
-            port_security: (!c.port_security.is_default()).then(|| PortSecurity {
+            port_security: (!c.port_security.is_default()).then_some(PortSecurity {
                 dhcp_server: c.port_security.dhcp_server,
                 router_advertisements: c.port_security.router_advertisements,
                 broadcast_pps: c.port_security.broadcast_pps,
