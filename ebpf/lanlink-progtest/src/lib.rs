@@ -234,21 +234,23 @@ pub struct Harness {
     /// `FLOWS`.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
     stats: PerCpuArray<MapData, Counter>,
-    /// `EP_GUARD`.
-    pub ep_guard: HashMap<MapData, u32, EndpointGuard>,
-    /// `EP_DROPS`.
-    pub ep_drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
-    /// `V6_OWNERS`.
-    pub v6_owners: HashMap<MapData, Ipv6Key, u32>,
-    /// `MONITOR`.
-    pub monitor: Array<MapData, u32>,
-    /// `DROP_EVENTS`.
-    drop_events: RefCell<RingBuf<MapData>>,
+    /// The first-hop guard maps; `None` for an object built before them
+    /// (only [`Harness::time_run`] is of use with such an object).
+    guards: Option<GuardMaps>,
     /// `REDIRECT_LOG` (cleared by every run, which only borrows the harness).
     redirect_log: RefCell<PerCpuArray<MapData, RedirectLog>>,
     /// Next free `FLOOD` slot.
     flood_len: u32,
     covered: RefCell<BTreeSet<u32>>,
+}
+
+/// The maps of the first-hop guards and the drop monitor.
+struct GuardMaps {
+    ep_guard: HashMap<MapData, u32, EndpointGuard>,
+    ep_drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
+    v6_owners: HashMap<MapData, Ipv6Key, u32>,
+    monitor: Array<MapData, u32>,
+    drop_events: RefCell<RingBuf<MapData>>,
 }
 
 fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> HarnessError {
@@ -373,16 +375,30 @@ impl Harness {
             PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
         let redirect_log = PerCpuArray::try_from(take(map_names::REDIRECT_LOG)?)
             .map_err(map_err(map_names::REDIRECT_LOG))?;
-        let ep_guard =
-            HashMap::try_from(take(map_names::EP_GUARD)?).map_err(map_err(map_names::EP_GUARD))?;
-        let ep_drops = PerCpuHashMap::try_from(take(map_names::EP_DROPS)?)
-            .map_err(map_err(map_names::EP_DROPS))?;
-        let v6_owners = HashMap::try_from(take(map_names::V6_OWNERS)?)
-            .map_err(map_err(map_names::V6_OWNERS))?;
-        let monitor =
-            Array::try_from(take(map_names::MONITOR)?).map_err(map_err(map_names::MONITOR))?;
-        let drop_events = RingBuf::try_from(take(map_names::DROP_EVENTS)?)
-            .map_err(map_err(map_names::DROP_EVENTS))?;
+        let guards = if ebpf.map(map_names::EP_GUARD).is_some() {
+            let mut take = |name: &'static str| {
+                ebpf.take_map(name).ok_or(HarnessError::Map {
+                    name,
+                    what: "missing from the object".into(),
+                })
+            };
+            Some(GuardMaps {
+                ep_guard: HashMap::try_from(take(map_names::EP_GUARD)?)
+                    .map_err(map_err(map_names::EP_GUARD))?,
+                ep_drops: PerCpuHashMap::try_from(take(map_names::EP_DROPS)?)
+                    .map_err(map_err(map_names::EP_DROPS))?,
+                v6_owners: HashMap::try_from(take(map_names::V6_OWNERS)?)
+                    .map_err(map_err(map_names::V6_OWNERS))?,
+                monitor: Array::try_from(take(map_names::MONITOR)?)
+                    .map_err(map_err(map_names::MONITOR))?,
+                drop_events: RefCell::new(
+                    RingBuf::try_from(take(map_names::DROP_EVENTS)?)
+                        .map_err(map_err(map_names::DROP_EVENTS))?,
+                ),
+            })
+        } else {
+            None
+        };
         let mut harness = Self {
             ebpf,
             ep_by_mac,
@@ -391,11 +407,7 @@ impl Harness {
             host_routes,
             flows,
             stats,
-            ep_guard,
-            ep_drops,
-            v6_owners,
-            monitor,
-            drop_events: RefCell::new(drop_events),
+            guards,
             redirect_log: RefCell::new(redirect_log),
             flood_len: 0,
             covered: RefCell::default(),
@@ -417,20 +429,24 @@ impl Harness {
     /// Registers `ep` as the agent does: both endpoint maps, its guard
     /// ([`DEFAULT_GUARD`]) and drop counters, and the next `FLOOD` slot.
     pub fn add_endpoint(&mut self, ep: &Endpoint) -> Result<(), HarnessError> {
-        self.set_guard(ep.ifindex, DEFAULT_GUARD)?;
-        let cpus = aya::util::nr_cpus().map_err(|(what, e)| HarnessError::Map {
-            name: map_names::EP_DROPS,
-            what: format!("{what}: {e}"),
-        })?;
-        let zero = PerCpuValues::try_from(vec![EndpointDrops::default(); cpus]).map_err(|e| {
-            HarnessError::Map {
+        if self.guards.is_some() {
+            self.set_guard(ep.ifindex, DEFAULT_GUARD)?;
+            let cpus = aya::util::nr_cpus().map_err(|(what, e)| HarnessError::Map {
                 name: map_names::EP_DROPS,
-                what: e.to_string(),
-            }
-        })?;
-        self.ep_drops
-            .insert(ep.ifindex, zero, 0)
-            .map_err(map_err(map_names::EP_DROPS))?;
+                what: format!("{what}: {e}"),
+            })?;
+            let zero =
+                PerCpuValues::try_from(vec![EndpointDrops::default(); cpus]).map_err(|e| {
+                    HarnessError::Map {
+                        name: map_names::EP_DROPS,
+                        what: e.to_string(),
+                    }
+                })?;
+            self.guard_maps_mut()
+                .ep_drops
+                .insert(ep.ifindex, zero, 0)
+                .map_err(map_err(map_names::EP_DROPS))?;
+        }
         self.ep_by_if
             .insert(
                 ep.ifindex,
@@ -467,22 +483,35 @@ impl Harness {
         Ok(())
     }
 
+    fn guard_maps(&self) -> &GuardMaps {
+        self.guards
+            .as_ref()
+            .expect("the object has no first-hop guard maps (built before them)")
+    }
+
+    fn guard_maps_mut(&mut self) -> &mut GuardMaps {
+        self.guards
+            .as_mut()
+            .expect("the object has no first-hop guard maps (built before them)")
+    }
+
     /// Replaces the `EP_GUARD` entry of host veth `ifindex`.
     pub fn set_guard(&mut self, ifindex: u32, guard: EndpointGuard) -> Result<(), HarnessError> {
-        self.ep_guard
+        self.guard_maps_mut()
+            .ep_guard
             .insert(ifindex, guard, 0)
             .map_err(map_err(map_names::EP_GUARD))
     }
 
     /// The `EP_GUARD` entry of host veth `ifindex`.
     pub fn guard(&self, ifindex: u32) -> Option<EndpointGuard> {
-        self.ep_guard.get(&ifindex, 0).ok()
+        self.guard_maps().ep_guard.get(&ifindex, 0).ok()
     }
 
     /// The drops counted against host veth `ifindex` (summed over CPUs),
     /// by slot; empty without an `EP_DROPS` entry.
     pub fn endpoint_drops(&self, ifindex: u32) -> BTreeMap<StatSlot, u64> {
-        let Ok(per_cpu) = self.ep_drops.get(&ifindex, 0) else {
+        let Ok(per_cpu) = self.guard_maps().ep_drops.get(&ifindex, 0) else {
             return BTreeMap::new();
         };
         let mut out = BTreeMap::new();
@@ -500,19 +529,20 @@ impl Harness {
 
     /// Which host veth claimed the IPv6 address `addr`, if any.
     pub fn v6_owner(&self, addr: [u8; 16]) -> Option<u32> {
-        self.v6_owners.get(&Ipv6Key { addr }, 0).ok()
+        self.guard_maps().v6_owners.get(&Ipv6Key { addr }, 0).ok()
     }
 
     /// Sets `MONITOR[0]` (the number of monitor clients).
     pub fn set_monitor(&mut self, clients: u32) -> Result<(), HarnessError> {
-        self.monitor
+        self.guard_maps_mut()
+            .monitor
             .set(0, clients, 0)
             .map_err(map_err(map_names::MONITOR))
     }
 
     /// Takes every event in `DROP_EVENTS`.
     pub fn drop_events(&self) -> Vec<DropEvent> {
-        let mut ring = self.drop_events.borrow_mut();
+        let mut ring = self.guard_maps().drop_events.borrow_mut();
         let mut out = Vec::new();
         while let Some(item) = ring.next() {
             assert_eq!(item.len(), std::mem::size_of::<DropEvent>(), "event size");
@@ -569,6 +599,40 @@ impl Harness {
             counted,
             redirects: self.read_redirect_log()?,
         })
+    }
+
+    /// Runs `program` `repeat` times on `frame` in one `BPF_PROG_TEST_RUN`
+    /// and returns its return code and the kernel's mean time per run.
+    /// Nothing is cleared or counted around it: for timing, with redirect
+    /// recording off ([`LoadOptions::record_redirects`] false) and a frame
+    /// that is not flooded (a flood clones for real, every run).
+    pub fn time_run(
+        &self,
+        program: Program,
+        frame: &[u8],
+        ctx: SkbCtx,
+        repeat: u32,
+    ) -> Result<(u32, std::time::Duration), HarnessError> {
+        let fd = self
+            .ebpf
+            .program(program.name())
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .and_then(|p| p.fd().ok())
+            .ok_or_else(|| HarnessError::Load {
+                what: format!("program {}", program.name()),
+                source: "not loaded".into(),
+            })?;
+        let skb = sys::SkBuff::on_device(ctx.ifindex, ctx.ingress_ifindex);
+        let out = sys::test_run_repeat(fd.as_fd().as_raw_fd(), frame, &skb, repeat).map_err(
+            |source| HarnessError::TestRun {
+                program: program.name(),
+                source,
+            },
+        )?;
+        Ok((
+            out.retval,
+            std::time::Duration::from_nanos(u64::from(out.duration_ns)),
+        ))
     }
 
     /// Size in bytes of `program` as the verifier left it (after removing

@@ -96,6 +96,8 @@ impl SkBuff {
 pub(crate) struct TestRunOut {
     /// The program's return value.
     pub(crate) retval: u32,
+    /// Mean time per run, in nanoseconds.
+    pub(crate) duration_ns: u32,
     /// The frame after the program (as far as `data_out` could hold it).
     pub(crate) data: Vec<u8>,
 }
@@ -128,6 +130,17 @@ pub(crate) fn test_run(
     data: &[u8],
     ctx: &SkBuff,
 ) -> Result<TestRunOut, std::io::Error> {
+    test_run_repeat(prog_fd, data, ctx, 1)
+}
+
+/// Runs program `prog_fd` `repeat` times on `data` with context `ctx`
+/// (the kernel reports the mean time per run in `duration_ns`).
+pub(crate) fn test_run_repeat(
+    prog_fd: RawFd,
+    data: &[u8],
+    ctx: &SkBuff,
+    repeat: u32,
+) -> Result<TestRunOut, std::io::Error> {
     // Room for a program that grows the frame (none of lanlink's do today).
     let mut out = vec![0u8; data.len() + 256];
     let mut attr = TestRunAttr {
@@ -136,7 +149,7 @@ pub(crate) fn test_run(
         data_size_out: out.len() as u32,
         data_in: data.as_ptr() as u64,
         data_out: out.as_mut_ptr() as u64,
-        repeat: 1,
+        repeat,
         ctx_size_in: size_of::<SkBuff>() as u32,
         ctx_in: ctx as *const SkBuff as u64,
         ..Default::default()
@@ -148,6 +161,7 @@ pub(crate) fn test_run(
     out.truncate(attr.data_size_out as usize);
     Ok(TestRunOut {
         retval: attr.retval,
+        duration_ns: attr.duration,
         data: out,
     })
 }
