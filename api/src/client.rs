@@ -318,6 +318,38 @@ impl AgentClient {
         }
     }
 
+    /// Connects to the socket and does the HTTP/1 handshake: the sender,
+    /// and the task driving the connection (aborting it closes the socket).
+    async fn connect(
+        &self,
+    ) -> Result<
+        (
+            hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+            tokio::task::JoinHandle<()>,
+        ),
+        ClientError,
+    > {
+        let stream = UnixStream::connect(&self.socket_path)
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                path: self.socket_path.clone(),
+                source,
+            })?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(|source| ClientError::Http {
+                    path: self.socket_path.clone(),
+                    source,
+                })?;
+        // The connection future drives the socket; its errors also surface
+        // through `send_request`, so its own result can be dropped.
+        let driver = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((sender, driver))
+    }
+
     async fn exchange(
         &self,
         method: Method,
@@ -328,21 +360,7 @@ impl AgentClient {
             path: self.socket_path.clone(),
             source,
         };
-        let stream = UnixStream::connect(&self.socket_path)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: self.socket_path.clone(),
-                source,
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(http_error)?;
-        // The connection future drives the socket; its errors also surface
-        // through `send_request`, so its own result can be dropped.
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
+        let (mut sender, driver) = self.connect().await?;
 
         let mut request = Request::builder()
             .method(method.clone())
@@ -454,21 +472,9 @@ impl AgentClient {
             path: self.socket_path.clone(),
             source,
         };
-        let stream = UnixStream::connect(&self.socket_path)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: self.socket_path.clone(),
-                source,
-            })?;
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake::<_, Full<Bytes>>(TokioIo::new(stream))
-                .await
-                .map_err(http_error)?;
+        let (mut sender, driver) = self.connect().await?;
         // Aborted when the stream drops, which closes the socket: that is
         // how the agent learns the client left.
-        let driver = tokio::spawn(async move {
-            let _ = connection.await;
-        });
         let driver = AbortOnDrop(driver);
         let request = Request::builder()
             .method(Method::GET)

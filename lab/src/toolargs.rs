@@ -1,8 +1,17 @@
 //! Argument parsing shared by the small traffic tools (`lab-rr`,
-//! `lab-udpflood`): `<ip:port>` first, then `--flag value` options.
+//! `lab-udpflood`, `lab-net`, `lab-craft`): `<ip:port>` first where there
+//! is one, then `--flag value` options.
 
 use std::net::SocketAddr;
 use std::str::FromStr;
+
+/// The value after `flag`, if the flag is there with one.
+pub fn value<'a>(args: &'a [String], flag: &str) -> Option<&'a str> {
+    args.iter()
+        .position(|a| a == flag)
+        .and_then(|i| args.get(i + 1))
+        .map(String::as_str)
+}
 
 /// The value after `flag`, parsed, or `default` when the flag is absent.
 pub fn opt<T: FromStr>(args: &[String], flag: &str, default: T) -> Result<T, String> {
@@ -36,6 +45,8 @@ mod tests {
         assert_eq!(addr(&a).unwrap(), "198.18.0.2:5201".parse().unwrap());
         assert_eq!(opt(&a, "--count", 1u32), Ok(10));
         assert_eq!(opt(&a, "--absent", 7u32), Ok(7));
+        assert_eq!(value(&a, "--bad"), Some("x"));
+        assert_eq!(value(&a, "--absent"), None);
         assert!(opt::<u32>(&a, "--bad", 0).is_err());
         assert!(opt::<u32>(&args("x --count"), "--count", 0).is_err());
         assert!(addr(&args("--count 1")).is_err());

@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::cleanup::LabDir;
 use crate::cmd::{self, BgProcess};
+use crate::firsthop::checksum;
 use crate::netns::NetNs;
 use crate::wait::wait_until;
 
@@ -286,17 +287,6 @@ pub fn wol_payload(mac: [u8; 6]) -> Vec<u8> {
         p.extend_from_slice(&mac);
     }
     p
-}
-
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum >> 16 != 0 {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An Ethernet + IPv4 + UDP frame (checksums filled in).

@@ -360,17 +360,13 @@ mod tests {
         route: &str,
         body: String,
     ) -> (StatusCode, serde_json::Value) {
-        let app = agent_routes().with_state(Arc::clone(&t.agent));
-        let req = HttpRequest::builder()
-            .method(method)
-            .uri(route)
-            .header("content-type", "application/json")
-            .body(HttpBody::from(body))
-            .unwrap();
-        let res = app.oneshot(req).await.unwrap();
-        let status = res.status();
-        let bytes = res.into_body().collect().await.unwrap().to_bytes();
-        (status, serde_json::from_slice(&bytes).unwrap())
+        send(
+            agent_routes().with_state(Arc::clone(&t.agent)),
+            method,
+            route,
+            body,
+        )
+        .await
     }
 
     fn add_body(send_options: serde_json::Value) -> String {
@@ -433,8 +429,19 @@ mod tests {
     /// Sends `body` to `route` of `app` with POST; the status and the JSON
     /// answer.
     async fn post(app: Router, route: &str, body: String) -> (StatusCode, serde_json::Value) {
+        send(app, "POST", route, body).await
+    }
+
+    /// Sends `body` to `route` of `app` with `method`; the status and the
+    /// JSON answer.
+    async fn send(
+        app: Router,
+        method: &str,
+        route: &str,
+        body: String,
+    ) -> (StatusCode, serde_json::Value) {
         let req = HttpRequest::builder()
-            .method("POST")
+            .method(method)
             .uri(route)
             .header("content-type", "application/json")
             .body(HttpBody::from(body))

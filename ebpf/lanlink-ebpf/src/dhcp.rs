@@ -13,22 +13,22 @@ use lanlink_common::{MacKey, Verdict, endpoint_flags};
 
 use crate::{eth::ETH_LEN, ipv4::IPPROTO_UDP, maps, stats::count};
 
-const SERVER_PORT: u16 = 67;
-const CLIENT_PORT: u16 = 68;
-const BOOTREPLY: u8 = 2;
+pub(crate) const SERVER_PORT: u16 = 67;
+pub(crate) const CLIENT_PORT: u16 = 68;
+pub(crate) const BOOTREPLY: u8 = 2;
 /// Offsets in the BOOTP message (RFC 2131 figure 1).
 const YIADDR: usize = 16;
-const CHADDR: usize = 28;
-const MAGIC: usize = 236;
-const OPTIONS: usize = 240;
-const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
-const OPT_PAD: u8 = 0;
+pub(crate) const CHADDR: usize = 28;
+pub(crate) const MAGIC: usize = 236;
+pub(crate) const OPTIONS: usize = 240;
+pub(crate) const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
+pub(crate) const OPT_PAD: u8 = 0;
 const OPT_MESSAGE_TYPE: u8 = 53;
-const OPT_END: u8 = 255;
+pub(crate) const OPT_END: u8 = 255;
 const DHCPACK: u8 = 5;
-/// Options looked at before giving up on finding the message type (servers
-/// put it first or nearly so).
-const MAX_OPTIONS: u32 = 24;
+/// Options looked at before giving up on finding the one wanted (servers
+/// put the message type first or nearly so, clients their identifier).
+pub(crate) const MAX_OPTIONS: u32 = 24;
 
 /// If the frame is a DHCPACK for an endpoint with its own DHCP client,
 /// records the acknowledged address in both endpoint maps. Never changes

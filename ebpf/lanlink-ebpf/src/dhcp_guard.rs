@@ -15,23 +15,15 @@ use aya_ebpf::programs::TcContext;
 use lanlink_common::{DropReason, EndpointByIf, endpoint_flags};
 
 use crate::{
+    dhcp::{
+        BOOTREPLY, CHADDR, CLIENT_PORT, MAGIC, MAGIC_COOKIE, MAX_OPTIONS, OPT_END, OPT_PAD,
+        OPTIONS, SERVER_PORT,
+    },
     guard,
     ipv4::{IPPROTO_UDP, Ipv4},
 };
 
-const SERVER_PORT: u16 = 67;
-const CLIENT_PORT: u16 = 68;
-const BOOTREPLY: u8 = 2;
-/// Offsets in the BOOTP message (RFC 2131 figure 1).
-const CHADDR: usize = 28;
-const MAGIC: usize = 236;
-const OPTIONS: usize = 240;
-const MAGIC_COOKIE: [u8; 4] = [99, 130, 83, 99];
-const OPT_PAD: u8 = 0;
 const OPT_CLIENT_ID: u8 = 61;
-const OPT_END: u8 = 255;
-/// Options looked at for a client identifier (clients put it early).
-const MAX_OPTIONS: u32 = 24;
 
 /// Whether `ip` is DHCP/BOOTP, either direction (a non-first fragment has
 /// no ports, so it never is).

@@ -566,15 +566,7 @@ impl Harness {
         frame: &[u8],
         ctx: SkbCtx,
     ) -> Result<Run<'_>, HarnessError> {
-        let fd = self
-            .ebpf
-            .program(program.name())
-            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
-            .and_then(|p| p.fd().ok())
-            .ok_or_else(|| HarnessError::Load {
-                what: format!("program {}", program.name()),
-                source: "not loaded".into(),
-            })?;
+        let fd = self.program_fd(program)?;
         self.clear_redirect_log()?;
         let before = self.counters()?;
         let skb = sys::SkBuff::on_device(ctx.ifindex, ctx.ingress_ifindex);
@@ -601,6 +593,18 @@ impl Harness {
         })
     }
 
+    /// The loaded `program`'s descriptor.
+    fn program_fd(&self, program: Program) -> Result<&aya::programs::ProgramFd, HarnessError> {
+        self.ebpf
+            .program(program.name())
+            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
+            .and_then(|p| p.fd().ok())
+            .ok_or_else(|| HarnessError::Load {
+                what: format!("program {}", program.name()),
+                source: "not loaded".into(),
+            })
+    }
+
     /// Runs `program` `repeat` times on `frame` in one `BPF_PROG_TEST_RUN`
     /// and returns its return code and the kernel's mean time per run.
     /// Nothing is cleared or counted around it: for timing, with redirect
@@ -613,15 +617,7 @@ impl Harness {
         ctx: SkbCtx,
         repeat: u32,
     ) -> Result<(u32, std::time::Duration), HarnessError> {
-        let fd = self
-            .ebpf
-            .program(program.name())
-            .and_then(|p| <&SchedClassifier>::try_from(p).ok())
-            .and_then(|p| p.fd().ok())
-            .ok_or_else(|| HarnessError::Load {
-                what: format!("program {}", program.name()),
-                source: "not loaded".into(),
-            })?;
+        let fd = self.program_fd(program)?;
         let skb = sys::SkBuff::on_device(ctx.ifindex, ctx.ingress_ifindex);
         let out = sys::test_run_repeat(fd.as_fd().as_raw_fd(), frame, &skb, repeat).map_err(
             |source| HarnessError::TestRun {

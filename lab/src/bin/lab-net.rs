@@ -50,11 +50,7 @@ struct Args<'a>(&'a [String]);
 
 impl Args<'_> {
     fn get(&self, flag: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .position(|a| a == flag)
-            .and_then(|i| self.0.get(i + 1))
-            .map(String::as_str)
+        lanlink_lab::toolargs::value(self.0, flag)
     }
 
     fn req(&self, flag: &str) -> Result<&str> {
