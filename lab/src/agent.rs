@@ -3,7 +3,7 @@
 
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -34,6 +34,14 @@ pub struct AgentOptions {
     pub ready_timeout: Duration,
     /// How long a stop waits between SIGTERM and SIGKILL.
     pub stop_grace: Duration,
+    /// Start the agent as `ip netns exec` leaves it: in a mount namespace of
+    /// its own (`unshare --mount --propagation slave`, so the pods' netns
+    /// mounts still reach it and nothing of its reaches the host) whose
+    /// `/sys/fs/bpf` is an empty tmpfs, not bpffs, with `--pin-dir
+    /// /sys/fs/bpf/lanlink` there: the agent must mount bpffs itself.
+    /// Nothing is pinned in the host's bpffs; the mount namespace, and the
+    /// pins in it, go with the process, so a restart adopts nothing.
+    pub own_mount_ns: bool,
 }
 
 impl AgentOptions {
@@ -55,6 +63,7 @@ impl Default for AgentOptions {
             env: Vec::new(),
             ready_timeout: Duration::from_secs(20),
             stop_grace: Duration::from_secs(5),
+            own_mount_ns: false,
         }
     }
 }
@@ -71,7 +80,9 @@ pub struct Agent {
     // Field order is drop order: the process, then the pins, then the files.
     proc: Option<BgProcess>,
     pin_dir: PathBuf,
-    _pin_reg: Registration,
+    /// The host's pin dir (None when the agent pins in a mount namespace of
+    /// its own, see [`AgentOptions::own_mount_ns`]).
+    pin_reg: Option<Registration>,
     dir: LabDir,
     netns_path: PathBuf,
     opts: AgentOptions,
@@ -104,20 +115,27 @@ impl Agent {
             );
         }
         let dir = LabDir::new("agent")?;
-        let pin_root = Path::new(PIN_ROOT);
-        if !is_bpffs(pin_root.parent().unwrap_or(pin_root)) {
-            bail!("bpffs is not mounted at /sys/fs/bpf; run `cargo xtask setup`");
-        }
-        std::fs::create_dir_all(pin_root).with_context(|| format!("cannot create {PIN_ROOT}"))?;
-        let pin_dir = pin_root.join(names::unique("agent"));
-        let pin_reg = Registration::new(Resource::Dir {
-            path: pin_dir.clone(),
-        });
+        let (pin_dir, pin_reg) = if opts.own_mount_ns {
+            // A path of the agent's own mount namespace, never the host's.
+            (PathBuf::from(PIN_ROOT), None)
+        } else {
+            let pin_root = Path::new(PIN_ROOT);
+            if !is_bpffs(pin_root.parent().unwrap_or(pin_root)) {
+                bail!("bpffs is not mounted at /sys/fs/bpf; run `cargo xtask setup`");
+            }
+            std::fs::create_dir_all(pin_root)
+                .with_context(|| format!("cannot create {PIN_ROOT}"))?;
+            let pin_dir = pin_root.join(names::unique("agent"));
+            let pin_reg = Registration::new(Resource::Dir {
+                path: pin_dir.clone(),
+            });
+            (pin_dir, Some(pin_reg))
+        };
         std::fs::create_dir_all(dir.path().join("state")).context("cannot create the state dir")?;
         let mut agent = Self {
             proc: None,
             pin_dir,
-            _pin_reg: pin_reg,
+            pin_reg,
             dir,
             netns_path: node.path().to_owned(),
             opts,
@@ -136,7 +154,23 @@ impl Agent {
 
     fn spawn(&mut self) -> Result<()> {
         let program = self.program();
-        let mut cmd = in_netns(&self.netns_path);
+        let mut cmd = if self.opts.own_mount_ns {
+            // unshare, sh and nsenter each exec the next: the agent's pid is
+            // the one spawned, and the mount namespace dies with it.
+            let mut c = Command::new("unshare");
+            c.args([
+                "--mount",
+                "--propagation",
+                "slave",
+                "sh",
+                "-c",
+                r#"mount -t tmpfs -o mode=0700 lanlink-lab /sys/fs/bpf && exec nsenter --net="$0" -- "$@""#,
+            ])
+            .arg(&self.netns_path);
+            c
+        } else {
+            in_netns(&self.netns_path)
+        };
         cmd.arg(&program)
             .args(["--uplink", "eth0", "--socket"])
             .arg(self.socket())
@@ -227,7 +261,8 @@ impl Agent {
         self.dir.path().join("state")
     }
 
-    /// Where the agent pins its maps and programs.
+    /// Where the agent pins its maps and programs (a path of the agent's
+    /// own mount namespace with [`AgentOptions::own_mount_ns`]).
     pub fn pin_dir(&self) -> &Path {
         &self.pin_dir
     }
@@ -284,7 +319,9 @@ impl Drop for Agent {
         {
             lab_log!("cannot stop lanlinkd: {e:#}");
         }
-        cleanup::remove_dir(&self.pin_dir);
+        if self.pin_reg.is_some() {
+            cleanup::remove_dir(&self.pin_dir);
+        }
     }
 }
 

@@ -39,11 +39,29 @@ pub enum DataplaneError {
     /// The agent was built without the eBPF object.
     #[error("this lanlinkd was built without its eBPF object; build it with `cargo xtask build`")]
     NoObject,
-    /// bpffs is not mounted where the pin directory is.
-    #[error("{path} is not on a bpf filesystem (mount -t bpf bpf /sys/fs/bpf)")]
+    /// bpffs is not mounted where the pin directory is, and mounting it
+    /// there failed (`source`) or did not take.
+    #[error("{path} is not on a bpf filesystem (mount -t bpf bpf {path})")]
     NotBpffs {
-        /// The pin directory.
+        /// Where bpffs should be: the pin directory's parent.
         path: PathBuf,
+        /// Why mounting it failed, when it was tried.
+        #[source]
+        source: Option<nix::Error>,
+    },
+    /// bpffs is not mounted where the pin directory is, and the agent will
+    /// not mount it there (see [`plan_bpffs`]).
+    #[error(
+        "{pin_dir} is not on a bpf filesystem and lanlinkd will not mount one on {dir}: {why}; \
+         run `mkdir -p {dir} && mount -t bpf bpf {dir}` first, or pass a --pin-dir under a bpffs"
+    )]
+    WontMountBpffs {
+        /// The pin directory.
+        pin_dir: PathBuf,
+        /// Its parent, where bpffs would go.
+        dir: PathBuf,
+        /// Why not.
+        why: &'static str,
     },
     /// Loading the object failed (verifier, BTF, map creation).
     #[error("cannot load the eBPF object")]
@@ -198,6 +216,120 @@ fn is_bpffs(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
+/// bpffs's usual mount point: the agent mounts bpffs there even when the
+/// directory is not empty (a fresh sysfs has it empty; anything in it is
+/// hidden only in the agent's own mount namespace, as `ip netns exec` does).
+pub const BPFFS_ROOT: &str = "/sys/fs/bpf";
+
+/// What is known of the filesystem a pin directory is on (see
+/// [`bpffs_facts`]); the input of [`plan_bpffs`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BpffsFacts {
+    /// The pin directory, or its nearest existing ancestor, is on bpffs.
+    pub on_bpffs: bool,
+    /// The pin directory's parent exists and is a directory.
+    pub parent_exists: bool,
+    /// The pin directory's parent has no entries.
+    pub parent_empty: bool,
+}
+
+/// What [`Dataplane::load`] does about bpffs before pinning.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BpffsPlan {
+    /// The pin directory is (or will be created) on bpffs.
+    Ready,
+    /// Mount bpffs on this directory (the pin directory's parent).
+    Mount(PathBuf),
+    /// Do not mount: say why and let the operator do it.
+    Refuse {
+        /// The pin directory's parent.
+        dir: PathBuf,
+        /// Why not.
+        why: &'static str,
+    },
+}
+
+/// Reads what [`plan_bpffs`] decides on for `pin_dir`.
+pub fn bpffs_facts(pin_dir: &Path) -> BpffsFacts {
+    let nearest = pin_dir.ancestors().find(|a| a.exists());
+    let parent = pin_dir.parent().filter(|p| !p.as_os_str().is_empty());
+    let parent_empty = parent
+        .and_then(|p| std::fs::read_dir(p).ok())
+        .is_some_and(|mut entries| entries.next().is_none());
+    BpffsFacts {
+        on_bpffs: nearest.is_some_and(is_bpffs),
+        parent_exists: parent.is_some_and(Path::is_dir),
+        parent_empty,
+    }
+}
+
+/// Whether and where to mount bpffs for `pin_dir`, as Cilium's agent does
+/// when `ip netns exec` (which mounts a fresh sysfs) or a container left it
+/// out: on the pin directory's parent, only if that directory exists, and,
+/// unless it is [`BPFFS_ROOT`], only if it is empty (mounting hides what a
+/// directory holds; a custom `--pin-dir`'s parent may be anything).
+pub fn plan_bpffs(pin_dir: &Path, facts: &BpffsFacts) -> BpffsPlan {
+    if facts.on_bpffs {
+        return BpffsPlan::Ready;
+    }
+    let Some(dir) = pin_dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
+        return BpffsPlan::Refuse {
+            dir: pin_dir.to_path_buf(),
+            why: "the pin directory has no parent to mount bpffs on",
+        };
+    };
+    if !facts.parent_exists {
+        return BpffsPlan::Refuse {
+            dir: dir.to_path_buf(),
+            why: "that directory does not exist",
+        };
+    }
+    if dir != Path::new(BPFFS_ROOT) && !facts.parent_empty {
+        return BpffsPlan::Refuse {
+            dir: dir.to_path_buf(),
+            why: "that directory is not empty and mounting would hide its files",
+        };
+    }
+    BpffsPlan::Mount(dir.to_path_buf())
+}
+
+/// `mount -t bpf -o mode=0700 bpf <dir>`.
+fn mount_bpffs(dir: &Path) -> nix::Result<()> {
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=0700"),
+    )
+}
+
+/// Makes sure `pin_dir` can be created on bpffs: mounts bpffs on its parent
+/// when [`plan_bpffs`] says so, fails when it refuses.
+fn ensure_bpffs(pin_dir: &Path) -> Result<(), DataplaneError> {
+    match plan_bpffs(pin_dir, &bpffs_facts(pin_dir)) {
+        BpffsPlan::Ready => Ok(()),
+        BpffsPlan::Mount(dir) => {
+            mount_bpffs(&dir).map_err(|e| DataplaneError::NotBpffs {
+                path: dir.clone(),
+                source: Some(e),
+            })?;
+            tracing::info!(
+                dir = %dir.display(),
+                "{} was not on a bpf filesystem; mounted bpffs on {}",
+                pin_dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+        BpffsPlan::Refuse { dir, why } => Err(DataplaneError::WontMountBpffs {
+            pin_dir: pin_dir.to_path_buf(),
+            dir,
+            why,
+        }),
+    }
+}
+
 impl Dataplane {
     /// Loads the object (reusing pinned maps), attaches from-LAN to the
     /// uplink, and returns the handle.
@@ -206,6 +338,9 @@ impl Dataplane {
             return Err(DataplaneError::NoObject);
         }
         let parent = cfg.pin_dir.parent().unwrap_or(Path::new("/"));
+        // Before creating the pin directory: created on the wrong
+        // filesystem, it would make its parent look used.
+        ensure_bpffs(&cfg.pin_dir)?;
         std::fs::create_dir_all(&cfg.pin_dir).map_err(|source| DataplaneError::Pin {
             what: format!("create {}", cfg.pin_dir.display()),
             source,
@@ -213,6 +348,7 @@ impl Dataplane {
         if !is_bpffs(&cfg.pin_dir) {
             return Err(DataplaneError::NotBpffs {
                 path: parent.to_path_buf(),
+                source: None,
             });
         }
         let links = cfg.pin_dir.join(paths::LINKS_DIR);
@@ -747,6 +883,86 @@ pub fn open_pinned_stats(pin_dir: &Path) -> Result<PerCpuArray<MapData, Counter>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn facts(on_bpffs: bool, parent_exists: bool, parent_empty: bool) -> BpffsFacts {
+        BpffsFacts {
+            on_bpffs,
+            parent_exists,
+            parent_empty,
+        }
+    }
+
+    #[test]
+    fn bpffs_is_mounted_only_where_it_hides_nothing() {
+        let default = Path::new("/sys/fs/bpf/lanlink");
+        // Already on bpffs (the pin dir, or the ancestor it will be made in).
+        assert_eq!(
+            plan_bpffs(default, &facts(true, true, false)),
+            BpffsPlan::Ready
+        );
+        assert_eq!(
+            plan_bpffs(default, &facts(true, false, false)),
+            BpffsPlan::Ready
+        );
+        // `ip netns exec`'s fresh sysfs: /sys/fs/bpf is there and empty.
+        let root = BpffsPlan::Mount(PathBuf::from(BPFFS_ROOT));
+        assert_eq!(plan_bpffs(default, &facts(false, true, true)), root);
+        // /sys/fs/bpf is bpffs's own place: mounted on even when not empty.
+        assert_eq!(plan_bpffs(default, &facts(false, true, false)), root);
+        // A custom pin dir: its parent only when it exists and is empty.
+        let custom = Path::new("/var/lib/lanlink/bpf");
+        assert_eq!(
+            plan_bpffs(custom, &facts(false, true, true)),
+            BpffsPlan::Mount(PathBuf::from("/var/lib/lanlink"))
+        );
+        for f in [facts(false, true, false), facts(false, false, false)] {
+            let BpffsPlan::Refuse { dir, .. } = plan_bpffs(custom, &f) else {
+                panic!("{f:?}");
+            };
+            assert_eq!(dir, Path::new("/var/lib/lanlink"));
+        }
+        // Nested under a /sys/fs/bpf that is not bpffs: the parent is missing.
+        assert!(matches!(
+            plan_bpffs(
+                Path::new("/sys/fs/bpf/lanlink/node1"),
+                &facts(false, false, false)
+            ),
+            BpffsPlan::Refuse { .. }
+        ));
+        // No parent at all.
+        assert!(matches!(
+            plan_bpffs(Path::new("/"), &facts(false, false, false)),
+            BpffsPlan::Refuse { .. }
+        ));
+        assert!(matches!(
+            plan_bpffs(Path::new("pins"), &facts(false, true, true)),
+            BpffsPlan::Refuse { .. }
+        ));
+    }
+
+    #[test]
+    fn bpffs_facts_read_the_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let pin = dir.path().join("a").join("pins");
+        // tmpfs or ext4, never bpffs; the parent is missing.
+        assert_eq!(bpffs_facts(&pin), facts(false, false, false));
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        assert_eq!(bpffs_facts(&pin), facts(false, true, true));
+        std::fs::write(dir.path().join("a").join("x"), b"").unwrap();
+        assert_eq!(bpffs_facts(&pin), facts(false, true, false));
+    }
+
+    #[test]
+    fn a_refusal_names_the_path_and_the_command() {
+        let e = DataplaneError::WontMountBpffs {
+            pin_dir: PathBuf::from("/srv/x/pins"),
+            dir: PathBuf::from("/srv/x"),
+            why: "that directory is not empty and mounting would hide its files",
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("/srv/x/pins"), "{msg}");
+        assert!(msg.contains("mount -t bpf bpf /srv/x"), "{msg}");
+    }
 
     #[test]
     fn pin_names_round_trip() {

@@ -8,6 +8,7 @@ pub mod api;
 pub mod cli;
 pub mod dataplane;
 pub mod dhcp;
+pub mod doctor;
 pub mod firewall;
 pub mod flows;
 pub mod metrics;

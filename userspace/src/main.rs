@@ -138,6 +138,26 @@ enum Command {
     /// their jumps, and its pinned programs and maps (detaching them from the
     /// uplink and the veths). Stop the agent and delete its pods first.
     Uninstall(UninstallArgs),
+    /// Checks the node's prerequisites in this network namespace, without
+    /// an agent: IPv4 forwarding, rp_filter, bpffs at the pin dir, the
+    /// kernel, the uplink and its MTU, the iptables backend against
+    /// kube-proxy's. One `ok|fixed|wrong|info  <name>  <detail>` line each,
+    /// with the command that fixes what is wrong; exits 1 when something
+    /// is. Changes nothing.
+    Doctor(DoctorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DoctorArgs {
+    /// The node's LAN interface, as the agent is given it.
+    #[arg(long, env = "LANLINK_UPLINK")]
+    uplink: String,
+    /// The iptables binary the agent runs with.
+    #[arg(long, env = "LANLINK_IPTABLES", default_value = "iptables")]
+    iptables: String,
+    /// Print the checks as a JSON list.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, clap::Args)]
@@ -195,6 +215,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         None => rt.block_on(run(cli.run, cli.socket, cli.pin_dir)),
         Some(Command::Uninstall(args)) => uninstall(&args, &cli.socket, &cli.pin_dir),
+        Some(Command::Doctor(args)) => doctor(args, cli.pin_dir),
         Some(Command::Monitor(args)) => rt.block_on(cli::monitor(
             &cli.socket,
             cli::MonitorOptions {
@@ -221,6 +242,7 @@ fn cmd_name(cmd: &Command) -> cli::Cmd {
         Command::Flows(_) => cli::Cmd::Flows,
         Command::Uninstall(_) => unreachable!("main runs uninstall itself"),
         Command::Monitor(_) => unreachable!("main runs monitor itself"),
+        Command::Doctor(_) => unreachable!("main runs doctor itself"),
     }
 }
 
@@ -231,7 +253,7 @@ fn json_of(cmd: &Command) -> bool {
         | Command::Leases(o)
         | Command::Stats(o)
         | Command::Flows(o) => o.json,
-        Command::Uninstall(_) | Command::Monitor(_) => false,
+        Command::Uninstall(_) | Command::Monitor(_) | Command::Doctor(_) => false,
     }
 }
 
@@ -301,6 +323,31 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
     Ok(())
 }
 
+/// `lanlinkd doctor`: prints the checks; exits 1 when one is wrong.
+fn doctor(args: DoctorArgs, pin_dir: PathBuf) -> anyhow::Result<()> {
+    use lanlink_agent::doctor;
+    let opts = doctor::Options {
+        uplink: args.uplink,
+        pin_dir,
+        iptables: args.iptables,
+    };
+    let checks = doctor::checks(&opts, &doctor::Facts::read(&opts));
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&checks).context("encode the checks")?
+        );
+    } else {
+        for c in &checks {
+            println!("{}", c.line());
+        }
+    }
+    if doctor::any_wrong(&checks) {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
 fn uninstall(
     args: &UninstallArgs,
     socket: &std::path::Path,
@@ -362,6 +409,28 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["lanlinkd", "--log", "warn"]).unwrap();
         assert_eq!(cli.log.as_deref(), Some("warn"));
+    }
+
+    #[test]
+    fn doctor_takes_the_uplink_iptables_and_json() {
+        let cli = Cli::try_parse_from([
+            "lanlinkd",
+            "doctor",
+            "--uplink",
+            "eth1",
+            "--iptables",
+            "iptables-legacy",
+            "--json",
+        ])
+        .unwrap();
+        let Some(Command::Doctor(d)) = cli.command else {
+            panic!("{:?}", cli.command);
+        };
+        assert_eq!(
+            (d.uplink.as_str(), d.iptables.as_str()),
+            ("eth1", "iptables-legacy")
+        );
+        assert!(d.json);
     }
 
     #[test]
