@@ -1,5 +1,6 @@
 //! rtnetlink work, all of it: the veth pair of a pod, host routes, the
-//! uplink's unicast filter and address/state notifications, and the
+//! uplink's unicast filter, all-multicast switch and address/state
+//! notifications, and the
 //! pod-side address and routes.
 //!
 //! `setns` only affects the calling thread, so work inside a pod's namespace
@@ -21,7 +22,7 @@ use rtnetlink::{
     packet_route::{
         RouteNetlinkMessage,
         address::{AddressAttribute, AddressMessage},
-        link::{InfoData, InfoVeth, LinkAttribute, LinkMessage, State as OperState},
+        link::{InfoData, InfoVeth, LinkAttribute, LinkFlags, LinkMessage, State as OperState},
         neighbour::NeighbourFlags,
         route::{RouteAddress, RouteAttribute, RouteMessage, RouteScope},
     },
@@ -189,6 +190,10 @@ pub struct VethSpec<'a> {
     pub pod_name: &'a str,
     /// Pod-side MAC.
     pub pod_mac: [u8; 6],
+    /// Host-side MAC, set explicitly so that the kernel reports it as set
+    /// (`addr_assign_type` 3) and udev's `MACAddressPolicy=persistent`
+    /// leaves it alone.
+    pub host_mac: [u8; 6],
     /// The pod's namespace.
     pub netns: &'a Path,
     /// MTU of both ends.
@@ -196,8 +201,8 @@ pub struct VethSpec<'a> {
 }
 
 /// Creates a veth pair whose peer is born inside the pod's namespace with its
-/// final name and MAC (no rename, no move), and brings the host side up.
-/// Returns the host side.
+/// final name and MAC (no rename, no move), gives the host side its MAC,
+/// and brings the host side up. Returns the host side.
 pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<LinkInfo, NetlinkError> {
     let netns = File::open(spec.netns).map_err(|source| NetlinkError::Netns {
         path: spec.netns.to_path_buf(),
@@ -210,6 +215,7 @@ pub async fn create_veth(handle: &Handle, spec: &VethSpec<'_>) -> Result<LinkInf
         .setns_by_fd(netns.as_raw_fd())
         .build();
     let msg = LinkVeth::new(spec.host_name, spec.pod_name)
+        .address(spec.host_mac.to_vec())
         .mtu(spec.mtu)
         .up()
         .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -541,6 +547,50 @@ pub async fn set_promiscuous(handle: &Handle, index: u32) -> Result<(), NetlinkE
         .execute()
         .await
         .map_err(req(format!("set index {index} promiscuous")))
+}
+
+/// Whether link `index` has `IFF_ALLMULTI` as userspace sees it. The kernel
+/// reports the bit userspace set (`dev->gflags`), not its internal
+/// all-multicast counter, which bridges and multicast routing raise.
+pub async fn allmulti(handle: &Handle, index: u32) -> Result<bool, NetlinkError> {
+    let mut links = handle.link().get().match_index(index).execute();
+    match links.try_next().await {
+        Ok(Some(msg)) => Ok(msg.header.flags.contains(LinkFlags::Allmulti)),
+        Ok(None) => Err(NetlinkError::NoSuchLink {
+            name: format!("index {index}"),
+        }),
+        Err(e) => Err(req(format!("get link index {index}"))(e)),
+    }
+}
+
+/// `ip link set dev <index> allmulticast on|off`. From userspace this is a
+/// switch, not a counter: the kernel adds one to the device's all-multicast
+/// count when the bit goes on and takes that one back when it goes off,
+/// whoever set it (so turning it off undoes an administrator's `on` too).
+pub async fn set_allmulti(handle: &Handle, index: u32, on: bool) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(LinkUnspec::new_with_index(index).allmulticast(on).build())
+        .execute()
+        .await
+        .map_err(req(format!(
+            "set index {index} allmulticast {}",
+            if on { "on" } else { "off" }
+        )))
+}
+
+/// `ip link set dev <index> address <mac>`.
+pub async fn set_mac(handle: &Handle, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+    handle
+        .link()
+        .set(
+            LinkUnspec::new_with_index(index)
+                .address(mac.to_vec())
+                .build(),
+        )
+        .execute()
+        .await
+        .map_err(req(format!("set index {index} address {}", fmt_mac(&mac))))
 }
 
 /// `ip route del <ip>/32 dev <ifindex> scope link`; succeeds if absent.

@@ -1,7 +1,7 @@
 //! CNI ADD, and its undo when a step fails.
 //!
 //! Steps, in order: the veth pair; the pod MAC in the uplink's unicast
-//! filter; at once the lease and the dataplane (programs attached, endpoint
+//! filter and the uplink in all-multicast mode; at once the lease and the dataplane (programs attached, endpoint
 //! registered, host routes); the pod's address and routes and the node's
 //! route to it; the endpoint with its address, the state, the flood list.
 //! A failure undoes what was done in reverse, except that the programs are
@@ -15,8 +15,8 @@ use lanlink_api::{AttachmentRequest, AttachmentResult, Identity};
 use tracing::{info, warn};
 
 use super::{
-    Agent, AgentError, Kernel, Leases as _, Links as _, Maps as _, Phases, host_veth_name,
-    pod_routes, result_for,
+    Agent, AgentError, Kernel, Leases as _, Links as _, Maps as _, Phases, host_veth_mac,
+    host_veth_name, pod_routes, result_for,
 };
 use crate::{
     dhcp::{self, Lease, LeaseRequest},
@@ -31,6 +31,8 @@ pub(super) struct Undo {
     mac: Option<[u8; 6]>,
     veth: Option<String>,
     uc_filter: Option<[u8; 6]>,
+    /// This attachment counts among the holders of all-multicast mode.
+    allmulti: bool,
     attached: bool,
     endpoint: Option<(u32, [u8; 6])>,
     lease: Option<Lease>,
@@ -133,6 +135,7 @@ impl<K: Kernel> Agent<K> {
                 host_name: &host_veth,
                 pod_name: &req.ifname,
                 pod_mac: mac,
+                host_mac: host_veth_mac(&host_veth, mac),
                 netns: Path::new(netns),
                 mtu,
             })
@@ -161,6 +164,10 @@ impl<K: Kernel> Agent<K> {
             self.links.add_uc_filter(self.uplink.index, mac).await?;
             undo.uc_filter = Some(mac);
         }
+        // The groups the pod joins reach it through a real NIC's filter
+        // only in all-multicast mode (the first attachment turns it on).
+        self.hold_allmulti(key).await?;
+        undo.allmulti = true;
 
         // 3. At once: the lease, on the pod's behalf, from the node (it needs
         //    only the uplink: the agent's socket sees the replies before TC),
@@ -270,7 +277,8 @@ impl<K: Kernel> Agent<K> {
 
     /// Undoes a failed ADD of `key`: the lease released, the node's route
     /// removed, the programs detached, then the endpoint entries removed,
-    /// the MAC out of the uplink filter, the veth deleted, the MAC given up.
+    /// the MAC out of the uplink filter, all-multicast mode given up (off
+    /// if no attachment is left), the veth deleted, the MAC given up.
     /// Each step is tried whatever the others did.
     async fn undo(&self, key: &str, undo: Undo) {
         if let Some(lease) = &undo.lease
@@ -298,6 +306,11 @@ impl<K: Kernel> Agent<K> {
             && let Err(e) = self.links.del_uc_filter(self.uplink.index, mac).await
         {
             warn!(attachment = %key, error = %e, "undo: remove unicast filter entry failed");
+        }
+        if undo.allmulti
+            && let Err(e) = self.release_allmulti(key).await
+        {
+            warn!(attachment = %key, error = %e, "undo: leave all-multicast mode failed");
         }
         if let Some(veth) = &undo.veth
             && let Err(e) = self.links.delete_link(veth).await

@@ -1,15 +1,44 @@
-//! CNI CHECK: the attachment still looks as the agent made it — veth, map
-//! entries, programs, and the pod's MAC, address and routes.
+//! CNI CHECK: the attachment still looks as the agent made it — veth (its
+//! MAC put back if something changed it), map entries, programs, and the
+//! pod's MAC, address and routes.
 
 use std::{path::Path, sync::Arc};
 
 use lanlink_api::{AttachmentRequest, AttachmentResult};
 use lanlink_common::endpoint_flags;
+use tracing::warn;
 
 use super::{Agent, AgentError, Kernel, Links as _, Maps as _, pod_routes, result_for};
-use crate::{dataplane::Hook, netlink::fmt_mac, state};
+use crate::{
+    dataplane::Hook,
+    netlink::{LinkInfo, fmt_mac},
+    state,
+};
 
 impl<K: Kernel> Agent<K> {
+    /// Sets the host veth `found` back to the MAC recorded for `ep` if
+    /// something changed it; says whether it had to. The recorded MAC is
+    /// the one the ARP responder answers with and the pod has cached for
+    /// its gateway, so the link follows the record, not the other way.
+    pub(super) async fn restore_host_mac(
+        &self,
+        ep: &state::Endpoint,
+        found: &LinkInfo,
+    ) -> Result<bool, AgentError> {
+        if found.mac == ep.host_mac {
+            return Ok(false);
+        }
+        warn!(
+            attachment = %ep.key(),
+            veth = %ep.host_veth,
+            found = %fmt_mac(&found.mac),
+            recorded = %fmt_mac(&ep.host_mac),
+            "host veth MAC changed; restoring it"
+        );
+        self.links.set_link_mac(found.index, ep.host_mac).await?;
+        Ok(true)
+    }
+
     /// CNI CHECK, under the attachment's lock like ADD and DEL: it must not
     /// look at an attachment halfway through being made or removed.
     pub async fn check(
@@ -34,6 +63,9 @@ impl<K: Kernel> Agent<K> {
                 ep.host_veth, host.index, ep.host_ifindex
             ));
         }
+        // udev (`MACAddressPolicy=persistent`) or an administrator may have
+        // rewritten the MAC the pod caches for its gateway: put it back.
+        self.restore_host_mac(&ep, &host).await?;
         let mut entry = self.endpoint_entry(&ep);
         let current = self.maps.endpoint(host.index);
         // A pod with its own DHCP client: the dataplane learns its address

@@ -45,6 +45,8 @@ pub(crate) struct World {
     pub pods: BTreeMap<(String, String), PodState>,
     /// MACs in the uplink's unicast filter.
     pub uc_filter: BTreeSet<[u8; 6]>,
+    /// The uplink's `IFF_ALLMULTI`, as userspace sees it.
+    pub allmulti: bool,
     /// The node's routes to pods.
     pub host_routes_nl: BTreeSet<(Ipv4Addr, u32)>,
     /// Host veths with programs attached.
@@ -94,6 +96,7 @@ impl World {
         assert!(self.links.is_empty(), "links left: {:?}", self.links.keys());
         assert!(self.pods.is_empty(), "pod interfaces left");
         assert!(self.uc_filter.is_empty(), "filter entries left");
+        assert!(!self.allmulti, "uplink left in all-multicast mode");
         assert!(self.host_routes_nl.is_empty(), "host routes left");
         assert!(
             self.attached.is_empty(),
@@ -169,7 +172,7 @@ impl Links for FakeLinks {
         let index = 100 + w.next_index;
         let info = LinkInfo {
             index,
-            mac: [0x0a, 0, 0, 0, 0, index as u8],
+            mac: spec.host_mac,
             mtu: spec.mtu,
         };
         let pod = (spec.netns.display().to_string(), spec.pod_name.to_string());
@@ -208,6 +211,32 @@ impl Links for FakeLinks {
         w.op("del_uc_filter", mac_str(&mac))
             .map_err(|()| nl_err("del_uc_filter"))?;
         w.uc_filter.remove(&mac);
+        Ok(())
+    }
+    async fn allmulti(&self, uplink: u32) -> Result<bool, NetlinkError> {
+        assert_eq!(uplink, UPLINK_INDEX);
+        let mut w = lock(&self.0);
+        w.op("allmulti", "").map_err(|()| nl_err("allmulti"))?;
+        Ok(w.allmulti)
+    }
+    async fn set_allmulti(&self, uplink: u32, on: bool) -> Result<(), NetlinkError> {
+        assert_eq!(uplink, UPLINK_INDEX);
+        let mut w = lock(&self.0);
+        w.op("set_allmulti", if on { "on" } else { "off" })
+            .map_err(|()| nl_err("set_allmulti"))?;
+        w.allmulti = on;
+        Ok(())
+    }
+    async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        let mut w = lock(&self.0);
+        w.op("set_link_mac", mac_str(&mac))
+            .map_err(|()| nl_err("set_link_mac"))?;
+        let link = w
+            .links
+            .values_mut()
+            .find(|l| l.0.index == index)
+            .ok_or_else(|| nl_err("set_link_mac: no such link"))?;
+        link.0.mac = mac;
         Ok(())
     }
     async fn add_host_route(&self, ip: Ipv4Addr, ifindex: u32) -> Result<(), NetlinkError> {

@@ -8,6 +8,10 @@
 //! address and state cache (`uplink.rs`). The kernel-facing work goes through
 //! the seams of `seams.rs`, so all of it is unit-tested with fakes.
 //!
+//! The uplink's all-multicast mode follows the attachments: on while at
+//! least one exists (or is being added), off after the last goes, and only
+//! if the agent turned it on ([`Agent::hold_allmulti`]).
+//!
 //! Locking: the maps and the state are each behind a mutex held only for
 //! short, non-blocking sections; DHCP and netlink work run without any global
 //! lock, so many ADDs proceed concurrently. Operations on the same attachment
@@ -30,8 +34,9 @@ pub(crate) mod fakes;
 mod tests;
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     fmt,
+    path::PathBuf,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -108,6 +113,16 @@ pub enum AgentError {
     /// The attachment is unknown.
     #[error("no attachment {0}")]
     NotFound(String),
+    /// The marker saying the agent turned the uplink's all-multicast mode
+    /// on could not be written or removed.
+    #[error("cannot update the all-multicast marker {path}")]
+    AllmultiMarker {
+        /// The marker file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl AgentError {
@@ -119,7 +134,7 @@ impl AgentError {
             AgentError::Dhcp { .. } => codes::DHCP_FAILED,
             AgentError::Netlink(_) => codes::NETLINK,
             AgentError::Dataplane(_) => codes::DATAPLANE,
-            AgentError::State(_) => codes::INTERNAL,
+            AgentError::State(_) | AgentError::AllmultiMarker { .. } => codes::INTERNAL,
             AgentError::CheckFailed(_) | AgentError::NotFound(_) => codes::CHECK_FAILED,
         }
     }
@@ -194,7 +209,28 @@ pub struct Agent<K: Kernel = Node> {
     /// Whether the pinned maps of a previous agent were adopted.
     adopted_maps: bool,
     firewall: Mutex<Option<crate::firewall::Firewall>>,
+    /// Who needs the uplink in all-multicast mode; held across its netlink
+    /// calls, so an async mutex.
+    allmulti: tokio::sync::Mutex<AllMulti>,
 }
+
+/// The attachments that need the uplink in all-multicast mode, and whether
+/// the agent is the one that turned it on.
+#[derive(Debug, Default)]
+struct AllMulti {
+    /// Keys of committed attachments and of ADDs in flight.
+    holders: HashSet<String>,
+    /// The agent found `IFF_ALLMULTI` off and turned it on, so it turns it
+    /// off after the last holder; kept across restarts by a marker file
+    /// ([`ALLMULTI_MARKER`]).
+    owned: bool,
+}
+
+/// The marker file, in the state directory, saying that the agent turned
+/// the uplink's `IFF_ALLMULTI` on. It needs no fsync: the flag does not
+/// survive a reboot either, and a marker without the flag is harmless (the
+/// next start turns off what is already off).
+const ALLMULTI_MARKER: &str = "uplink-allmulti";
 
 /// The kernel-facing parts an [`Agent`] is built from.
 pub struct Parts<K: Kernel> {
@@ -224,6 +260,20 @@ fn fnv1a(data: &[u8]) -> u64 {
     data.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+/// The host-side veth's MAC, set at creation: locally administered,
+/// unicast, derived from the veth's name (so the same on every retry of an
+/// ADD) and never equal to the pod's MAC.
+pub fn host_veth_mac(host_veth: &str, pod_mac: [u8; 6]) -> [u8; 6] {
+    let h = fnv1a(format!("lanlink host veth {host_veth}").as_bytes()).to_be_bytes();
+    let mut mac = [h[0], h[1], h[2], h[3], h[4], h[5]];
+    // Locally administered (bit 1), unicast (bit 0 clear).
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    if mac == pod_mac {
+        mac[5] ^= 0x01;
+    }
+    mac
 }
 
 /// The host-side veth name of an attachment: `ll` + 12 hex digits (14 bytes,
@@ -330,7 +380,93 @@ impl<K: Kernel> Agent<K> {
             readopted: AtomicBool::new(false),
             adopted_maps: parts.adopted_maps,
             firewall: Mutex::default(),
+            allmulti: tokio::sync::Mutex::default(),
         })
+    }
+
+    fn allmulti_marker(&self) -> PathBuf {
+        self.cfg.state_dir.join(ALLMULTI_MARKER)
+    }
+
+    async fn write_allmulti_marker(&self, present: bool) -> Result<(), AgentError> {
+        let path = self.allmulti_marker();
+        let res = if present {
+            tokio::fs::write(&path, b"lanlinkd turned IFF_ALLMULTI on\n").await
+        } else {
+            match tokio::fs::remove_file(&path).await {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+                r => r,
+            }
+        };
+        res.map_err(|source| AgentError::AllmultiMarker { path, source })
+    }
+
+    /// Counts attachment `key` among those that need the uplink in
+    /// all-multicast mode, and turns the mode on for the first one if it is
+    /// off. A real NIC drops frames for groups the node itself has not
+    /// joined; pods join any group (SSDP, mDNS, IPv6 solicited-node). With
+    /// `--promiscuous` the uplink already receives every group: nothing to do.
+    async fn hold_allmulti(&self, key: &str) -> Result<(), AgentError> {
+        if self.cfg.promiscuous {
+            return Ok(());
+        }
+        let mut am = self.allmulti.lock().await;
+        if am.holders.is_empty() && !am.owned && !self.links.allmulti(self.uplink.index).await? {
+            // The marker first: a crash in between leaves a marker without
+            // the flag, which the next start clears.
+            self.write_allmulti_marker(true).await?;
+            if let Err(e) = self.links.set_allmulti(self.uplink.index, true).await {
+                let _ = self.write_allmulti_marker(false).await;
+                return Err(e.into());
+            }
+            am.owned = true;
+            tracing::info!(uplink = %self.cfg.uplink, "all-multicast mode on (first attachment)");
+        }
+        am.holders.insert(key.to_string());
+        Ok(())
+    }
+
+    /// Gives up `key`'s need of all-multicast mode; after the last holder,
+    /// turns the mode off if the agent turned it on. An administrator's
+    /// `allmulticast on` from before is never undone (from userspace the
+    /// flag is one switch, not a count: turning it off would undo theirs).
+    async fn release_allmulti(&self, key: &str) -> Result<(), AgentError> {
+        let mut am = self.allmulti.lock().await;
+        am.holders.remove(key);
+        if am.holders.is_empty() && am.owned {
+            self.links.set_allmulti(self.uplink.index, false).await?;
+            am.owned = false;
+            self.write_allmulti_marker(false).await?;
+            tracing::info!(uplink = %self.cfg.uplink, "all-multicast mode off (no attachment left)");
+        }
+        Ok(())
+    }
+
+    /// At start, after re-adoption: `keys` (the adopted attachments) hold
+    /// all-multicast mode; whether the agent owns it comes from the marker
+    /// its previous run left.
+    async fn adopt_allmulti(&self, keys: Vec<String>) -> Result<(), AgentError> {
+        let owned = tokio::fs::try_exists(self.allmulti_marker())
+            .await
+            .unwrap_or(false);
+        {
+            let mut am = self.allmulti.lock().await;
+            am.owned = owned;
+            am.holders.clear();
+        }
+        if self.cfg.promiscuous || keys.is_empty() {
+            // Nothing needs it: a mode the previous run left on goes.
+            return self.release_allmulti("").await;
+        }
+        if owned {
+            // The previous run turned it on; a crash between writing the
+            // marker and setting the flag may have left it off.
+            self.links.set_allmulti(self.uplink.index, true).await?;
+        }
+        for key in keys {
+            self.hold_allmulti(&key).await?;
+        }
+        Ok(())
     }
 
     /// Counters of the conntrack-bypass flow expiry.

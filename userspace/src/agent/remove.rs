@@ -3,7 +3,8 @@
 //! Order: the renewal stopped, the programs detached, then the endpoint
 //! entries and flows removed (a veth is never unregistered while its
 //! programs run), the MAC out of the uplink filter, the veth deleted, the
-//! lease released, the state committed. The MAC-keyed things (`EP_BY_MAC`,
+//! lease released, the state committed, all-multicast mode given up (off
+//! after the last attachment, if the agent turned it on). The MAC-keyed things (`EP_BY_MAC`,
 //! the uplink filter entry, the lease) are removed only by the attachment
 //! that holds the MAC ([`Agent::owns_mac`]): a pod re-created under the same
 //! name derives the same identity.
@@ -54,7 +55,16 @@ impl<K: Kernel> Agent<K> {
         if let Some(mac) = owned_mac {
             self.release_mac(mac, key);
         }
+        self.leave_allmulti(key).await;
         Ok(())
+    }
+
+    /// Gives up `key`'s hold on all-multicast mode. A failure does not fail
+    /// DEL: the mode stays on, and the next DEL (or start) turns it off.
+    async fn leave_allmulti(&self, key: &str) {
+        if let Err(e) = self.release_allmulti(key).await {
+            warn!(attachment = %key, error = %e, "cannot turn all-multicast mode off");
+        }
     }
 
     /// Removes an attachment entirely (see the module header).
@@ -93,6 +103,7 @@ impl<K: Kernel> Agent<K> {
         // `unregister` already took the veth out of the flood list.
         self.commit(&key, None).await?;
         self.release_mac(ep.mac, &key);
+        self.leave_allmulti(&key).await;
         if let Err(e) = self.sync_host_routes().await {
             warn!(attachment = %key, error = %e, "cannot rewrite the host-routes map");
         }

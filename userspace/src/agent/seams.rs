@@ -2,8 +2,8 @@
 //! DEL's idempotency and the per-attachment locking are unit-tested with
 //! fakes, without root (STYLE.md item 17):
 //!
-//! - [`Links`]: netlink work — veths, the uplink's unicast filter, host
-//!   routes, the pod's address and routes;
+//! - [`Links`]: netlink work — veths, the uplink's unicast filter and
+//!   all-multicast switch, host routes, the pod's address and routes;
 //! - [`Maps`]: the eBPF side — attaching and detaching the programs of a host
 //!   veth, the endpoint entries, the flood list, the host-routes trie, flows;
 //! - [`Leases`]: the DHCP client — acquire, renew, release.
@@ -45,6 +45,20 @@ pub trait Links: Send + Sync + 'static {
     fn del_uc_filter(
         &self,
         uplink: u32,
+        mac: [u8; 6],
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Whether link `uplink` has `IFF_ALLMULTI` set from userspace.
+    fn allmulti(&self, uplink: u32) -> impl Future<Output = Result<bool, NetlinkError>> + Send;
+    /// Turns `IFF_ALLMULTI` of link `uplink` on or off (a switch, not a count).
+    fn set_allmulti(
+        &self,
+        uplink: u32,
+        on: bool,
+    ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
+    /// Sets the MAC of link `index` of the agent's namespace.
+    fn set_link_mac(
+        &self,
+        index: u32,
         mac: [u8; 6],
     ) -> impl Future<Output = Result<(), NetlinkError>> + Send;
     /// The node's route to a pod address.
@@ -191,6 +205,15 @@ impl Links for NodeLinks {
     }
     async fn del_uc_filter(&self, uplink: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
         netlink::del_uc_filter(&self.nl, uplink, mac).await
+    }
+    async fn allmulti(&self, uplink: u32) -> Result<bool, NetlinkError> {
+        netlink::allmulti(&self.nl, uplink).await
+    }
+    async fn set_allmulti(&self, uplink: u32, on: bool) -> Result<(), NetlinkError> {
+        netlink::set_allmulti(&self.nl, uplink, on).await
+    }
+    async fn set_link_mac(&self, index: u32, mac: [u8; 6]) -> Result<(), NetlinkError> {
+        netlink::set_mac(&self.nl, index, mac).await
     }
     async fn add_host_route(&self, ip: Ipv4Addr, ifindex: u32) -> Result<(), NetlinkError> {
         netlink::add_host_route(&self.nl, ip, ifindex).await

@@ -117,15 +117,21 @@ impl Agent<Node> {
 impl<K: Kernel> Agent<K> {
     /// At start: re-attach the new programs to every known host veth (an
     /// atomic swap in the pinned links), rewrite map entries, resume
-    /// renewals; forget attachments whose veth vanished while the agent was
-    /// down, releasing their leases. The agent is ready once this is done
+    /// renewals, put back a host veth MAC that something else changed, keep
+    /// the uplink in all-multicast mode while attachments remain; forget
+    /// attachments whose veth vanished while the agent was down, releasing
+    /// their leases. The agent is ready once this is done
     /// (and the uplink is up).
     pub(crate) async fn readopt(self: &Arc<Self>) {
         let endpoints: Vec<Endpoint> = self.state().endpoints.values().cloned().collect();
+        let mut adopted = Vec::new();
         for ep in endpoints {
             let key = ep.key();
             match self.links.find_link(&ep.host_veth).await {
                 Ok(Some(l)) if l.index == ep.host_ifindex => {
+                    if let Err(e) = self.restore_host_mac(&ep, &l).await {
+                        warn!(attachment = %key, error = %e, "cannot restore the host veth's MAC");
+                    }
                     let entry = self.endpoint_entry(&ep);
                     let res = match self.maps.attach(&ep.host_veth).await {
                         Ok(()) => self.maps.register(l.index, entry, self.endpoint_guard(&ep)),
@@ -148,6 +154,7 @@ impl<K: Kernel> Agent<K> {
                     if ep.lease.is_some() && !ep.expired {
                         self.spawn_renewal(key.clone());
                     }
+                    adopted.push(key.clone());
                     info!(attachment = %key, "re-adopted");
                 }
                 Ok(_) => {
@@ -161,6 +168,9 @@ impl<K: Kernel> Agent<K> {
         }
         if let Err(e) = self.sync_flood() {
             warn!(error = %e, "cannot rewrite the flood list");
+        }
+        if let Err(e) = self.adopt_allmulti(adopted).await {
+            warn!(error = %e, "cannot set the uplink's all-multicast mode");
         }
         self.readopted.store(true, Ordering::Release);
     }

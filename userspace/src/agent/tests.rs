@@ -1,5 +1,6 @@
 //! Unit tests of the agent over fakes ([`super::fakes`]): undo, idempotency,
-//! lock ordering, ownership of the pod identity, readiness, host routes.
+//! lock ordering, ownership of the pod identity, readiness, host routes,
+//! the uplink's all-multicast mode, the host veth's MAC.
 
 use std::{net::Ipv4Addr, sync::Arc, time::Duration};
 
@@ -12,7 +13,7 @@ use rtnetlink::packet_route::{
 
 use super::{
     fakes::{TestAgent, UPLINK_ADDR, Verb, request},
-    host_veth_name,
+    host_veth_mac, host_veth_name,
 };
 use crate::dhcp;
 
@@ -43,9 +44,11 @@ async fn add_then_del_leaves_nothing() {
 }
 
 /// Every step of ADD that can fail, in the order ADD takes them.
-const ADD_STEPS: [&str; 9] = [
+const ADD_STEPS: [&str; 11] = [
     "create_veth",
     "add_uc_filter",
+    "allmulti",
+    "set_allmulti",
     "attach",
     "register",
     "set_host_routes",
@@ -421,4 +424,139 @@ async fn port_security_reaches_the_endpoint_flags_and_guard_and_drops_are_report
     );
     t2.agent.del(request("c2", "q")).await.unwrap();
     assert!(!t2.world().guards.contains_key(&q));
+}
+
+#[tokio::test]
+async fn allmulti_is_on_while_attachments_exist() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("c1", "p1")).await.unwrap();
+    assert!(t.world().allmulti);
+    t.agent.add(request("c2", "p2")).await.unwrap();
+    // Turned on once, for the first attachment only.
+    assert_eq!(t.world().calls_of(&["set_allmulti"]), ["set_allmulti on"]);
+    t.agent.del(request("c1", "p1")).await.unwrap();
+    assert!(t.world().allmulti, "one attachment is left");
+    t.agent.del(request("c2", "p2")).await.unwrap();
+    assert_eq!(
+        t.world().calls_of(&["set_allmulti"]),
+        ["set_allmulti on", "set_allmulti off"]
+    );
+    t.world().assert_empty();
+    assert!(!t.agent.allmulti_marker().exists());
+}
+
+#[tokio::test]
+async fn a_failed_add_beside_a_live_one_keeps_allmulti_and_alone_clears_it() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("c1", "p1")).await.unwrap();
+    t.world().fail_at = Some("configure_pod");
+    t.agent.add(request("c2", "p2")).await.unwrap_err();
+    assert!(t.world().allmulti, "c1 still needs it");
+    t.world().fail_at = None;
+    t.agent.del(request("c1", "p1")).await.unwrap();
+    assert!(!t.world().allmulti);
+    // Alone, the failed ADD's undo turns it off again.
+    t.world().fail_at = Some("configure_pod");
+    t.agent.add(request("c3", "p3")).await.unwrap_err();
+    t.world().assert_empty();
+}
+
+#[tokio::test]
+async fn allmulti_set_before_the_agent_is_never_turned_off() {
+    let t = TestAgent::start().await;
+    t.world().allmulti = true; // `ip link set dev eth0 allmulticast on`
+    t.agent.add(request("c1", "p")).await.unwrap();
+    t.agent.del(request("c1", "p")).await.unwrap();
+    let w = t.world();
+    assert!(w.allmulti);
+    assert!(w.calls_of(&["set_allmulti"]).is_empty());
+}
+
+#[tokio::test]
+async fn promiscuous_mode_leaves_allmulti_alone() {
+    let t = TestAgent::start_with(|c| c.promiscuous = true).await;
+    t.agent.add(request("c1", "p")).await.unwrap();
+    assert!(!t.world().allmulti);
+    assert!(t.world().calls_of(&["allmulti", "set_allmulti"]).is_empty());
+    t.agent.del(request("c1", "p")).await.unwrap();
+    t.world().assert_empty();
+}
+
+#[tokio::test]
+async fn a_restart_keeps_allmulti_with_attachments_and_the_last_del_clears_it() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("c1", "p")).await.unwrap();
+    let t2 = t.restart().await;
+    assert!(t2.world().allmulti);
+    t2.agent.del(request("c1", "p")).await.unwrap();
+    assert!(!t2.world().allmulti, "the restarted agent owns the mode");
+    t2.world().assert_empty();
+}
+
+#[tokio::test]
+async fn a_restart_without_attachments_turns_off_the_mode_it_left_on() {
+    let t = TestAgent::start().await;
+    t.agent.add(request("c1", "p")).await.unwrap();
+    // The agent is down while the pod goes: its veth with it.
+    {
+        let mut w = t.world();
+        let veth = host_veth_name("c1", "eth0");
+        w.links.remove(&veth);
+        w.pods.clear();
+    }
+    let t2 = t.restart().await;
+    let w = t2.world();
+    assert!(!w.allmulti);
+    assert!(!t2.agent.allmulti_marker().exists());
+}
+
+#[tokio::test]
+async fn a_restart_keeps_an_administrators_allmulti() {
+    let t = TestAgent::start().await;
+    t.world().allmulti = true;
+    t.agent.add(request("c1", "p")).await.unwrap();
+    let t2 = t.restart().await;
+    t2.agent.del(request("c1", "p")).await.unwrap();
+    assert!(t2.world().allmulti);
+    assert!(t2.world().calls_of(&["set_allmulti"]).is_empty());
+}
+
+#[test]
+fn host_veth_mac_is_stable_local_unicast_and_not_the_pods() {
+    let veth = host_veth_name("c1", "eth0");
+    let pod = stable_mac("p");
+    let mac = host_veth_mac(&veth, pod);
+    assert_eq!(mac, host_veth_mac(&veth, pod));
+    assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
+    assert_ne!(mac, pod);
+    assert_ne!(mac, host_veth_mac(&host_veth_name("c2", "eth0"), pod));
+    // Even a pod MAC equal to it gets a different host MAC.
+    assert_ne!(host_veth_mac(&veth, mac), mac);
+}
+
+#[tokio::test]
+async fn the_host_veth_gets_its_mac_at_creation_and_check_puts_it_back() {
+    let t = TestAgent::start().await;
+    let res = t.agent.add(request("c1", "p")).await.unwrap();
+    let veth = host_veth_name("c1", "eth0");
+    let expected = host_veth_mac(&veth, stable_mac("p"));
+    assert_eq!(t.world().links[&veth].0.mac, expected);
+    assert_eq!(res.interfaces[0].mac, expected.into());
+    let index = t.world().links[&veth].0.index;
+    // The ARP responder answers with it.
+    assert_eq!(t.world().ep_by_if[&index].host_mac, expected);
+    // udev's MACAddressPolicy=persistent rewrites it.
+    t.world().links.get_mut(&veth).unwrap().0.mac = [0x02, 9, 9, 9, 9, 9];
+    t.agent.check(request("c1", "p")).await.unwrap();
+    assert_eq!(t.world().links[&veth].0.mac, expected);
+    assert_eq!(t.world().calls_of(&["set_link_mac"]).len(), 1);
+    // Nothing to put back: no call.
+    t.agent.check(request("c1", "p")).await.unwrap();
+    assert_eq!(t.world().calls_of(&["set_link_mac"]).len(), 1);
+    // A restart puts it back too.
+    t.world().links.get_mut(&veth).unwrap().0.mac = [0x02, 9, 9, 9, 9, 9];
+    let t2 = t.restart().await;
+    assert_eq!(t2.world().links[&veth].0.mac, expected);
+    t2.agent.del(request("c1", "p")).await.unwrap();
+    t2.world().assert_empty();
 }
