@@ -9,6 +9,7 @@
 //! state file has its own versioned types and does not reuse these.
 
 pub mod codes;
+pub mod del_queue;
 pub mod newtypes;
 pub mod routes;
 pub mod types;

@@ -7,6 +7,7 @@ use serde_json::{Value, json};
 use crate::netconf::{CniVersion, Command, EnvError, NetConfError};
 use lanlink_api::client::ClientError;
 use lanlink_api::codes;
+use lanlink_api::del_queue::DelQueueError;
 
 /// Why a verb failed. [`CniError::code`] is the only mapping to spec codes.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,17 @@ pub enum CniError {
         /// What went wrong.
         #[source]
         source: ClientError,
+    },
+    /// DEL: the agent's socket is unreachable and the DEL could not be
+    /// queued either (`delQueueDir` not writable): the runtime retries.
+    #[error("{agent}; and cannot queue the DEL: {source}")]
+    DelQueue {
+        /// Why the agent could not be asked (boxed: the variant would
+        /// otherwise double the size of every `Result` of the plugin).
+        agent: Box<ClientError>,
+        /// Why the queue could not be written.
+        #[source]
+        source: DelQueueError,
     },
     /// STATUS: the agent is up but cannot serve ADD.
     #[error("agent not ready: {reason}")]
@@ -87,6 +99,7 @@ impl CniError {
                 e if e.is_unavailable() => codes::TRY_AGAIN_LATER,
                 _ => codes::INTERNAL,
             },
+            CniError::DelQueue { .. } => codes::TRY_AGAIN_LATER,
             CniError::NotReady { .. } => codes::LIMITED_CONNECTIVITY,
             CniError::CheckMismatch { .. } => codes::CHECK_FAILED,
         }
@@ -101,6 +114,10 @@ impl CniError {
             } => error.details.clone(),
             CniError::Agent { source, .. } if source.is_unavailable() => {
                 "is lanlinkd running on this node, and does the netconf's socketPath name its socket?"
+                    .into()
+            }
+            CniError::DelQueue { .. } => {
+                "lanlinkd is down and the netconf's delQueueDir cannot be written; the runtime retries"
                     .into()
             }
             _ => String::new(),

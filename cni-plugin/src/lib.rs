@@ -11,14 +11,15 @@ pub mod error;
 pub mod netconf;
 pub mod result;
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 
 use serde_json::{Value, json};
 
 pub use crate::error::CniError;
 use crate::netconf::{CniEnv, CniVersion, Command, NetConf, NetConfError};
-use lanlink_api::GcRequest;
-use lanlink_api::client::AgentClient;
+use lanlink_api::client::{AgentClient, ClientError};
+use lanlink_api::del_queue::DelQueue;
+use lanlink_api::{AttachmentRequest, GcRequest};
 
 /// One invocation's input: the checked environment and the raw netconf.
 #[derive(Clone, Debug, Default)]
@@ -88,14 +89,72 @@ pub fn cmd_add(args: &CmdArgs) -> Result<Value, CniError> {
 ///
 /// Idempotent: the agent answers success for an attachment it does not know,
 /// so DEL twice, or DEL after GC, succeeds. Every error it answers is a real
-/// failure. An unreachable agent is NOT success either: DEL fails with code
-/// 11 (try again later) and the runtime retries, because succeeding would leak
-/// the lease and the pod's MAC in the uplink's filter with no later chance to
-/// free them (GC only runs when the runtime decides to).
+/// failure, and so is a hung agent (code 11, the runtime retries).
+///
+/// When nothing listens on the agent's socket (missing, or connection
+/// refused: the agent is stopped), DEL never waits for it: the request is
+/// recorded in the agent's deletion queue (`delQueueDir`, see
+/// [`lanlink_api::del_queue`]), which the agent runs at its next start before
+/// serving anything (releasing the lease, clearing the maps, the uplink
+/// filter and the state), and DEL succeeds. The pod side needs nothing from
+/// the plugin: the runtime deletes the pod's namespace, and with it the veth
+/// pair; the host veth and the map entries left meanwhile are the agent's,
+/// removed when it runs the queue. If the queue cannot be written (its
+/// parent, the agent's state directory, is missing: no agent was ever set up
+/// to run it), DEL fails with code 11 as before.
 pub fn cmd_del(args: &CmdArgs) -> Result<(), CniError> {
     let conf = args.netconf()?;
     let request = conf.attachment_request(&args.env);
-    ask(&conf, Command::Del, |agent| agent.del(&request))
+    match AgentClient::new(&conf.socket_path).del(&request) {
+        Ok(()) => Ok(()),
+        Err(agent) if agent_is_stopped(&agent) => queue_del(&conf, &request, agent),
+        Err(source) => Err(CniError::Agent {
+            command: Command::Del,
+            source,
+        }),
+    }
+}
+
+/// Whether nothing listens on the socket: missing, or refused (a socket
+/// file a stopped agent left). Not a hung agent, not an answered error, not
+/// a permission problem: those are for the runtime to retry or report.
+fn agent_is_stopped(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Unreachable { source, .. }
+            if matches!(source.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused)
+    )
+}
+
+/// Records `request` in the deletion queue for the stopped agent.
+fn queue_del(
+    conf: &NetConf,
+    request: &AttachmentRequest,
+    agent: ClientError,
+) -> Result<(), CniError> {
+    let queue = DelQueue::new(&conf.del_queue_dir);
+    match queue.push(request) {
+        Ok(entry) => {
+            log(format_args!(
+                "{agent}; DEL of {}/{} queued in {} for the agent's next start \
+                 (the pod's namespace takes its interface along)",
+                request.container_id,
+                request.ifname,
+                entry.display()
+            ));
+            Ok(())
+        }
+        Err(source) => Err(CniError::DelQueue {
+            agent: Box::new(agent),
+            source,
+        }),
+    }
+}
+
+/// A line on stderr for the runtime's log; a closed stderr is ignored (the
+/// outcome is on stdout and in the exit code).
+fn log(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(io::stderr(), "lanlink: {line}");
 }
 
 /// CHECK (0.4.0 and later): the agent verifies the veth, address, routes, map

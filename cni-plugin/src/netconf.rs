@@ -16,6 +16,9 @@
 //!   "name": "lan",                      // network name
 //!   "type": "lanlink",                  // must be "lanlink"
 //!   "socketPath": "/run/lanlink/lanlink.sock", // agent socket (default shown)
+//!   "delQueueDir": "/var/lib/lanlink/del-queue", // where DEL is queued while the
+//!                                   // agent is down (default shown; the agent's
+//!                                   // --del-queue-dir, absolute)
 //!   "uplink": "eth0",                   // optional; the agent refuses a mismatch
 //!   "mode": "primary",                  // "primary" (default) or "secondary" (Multus)
 //!   "hostRoutes": ["10.96.0.0/12"],     // IPv4 CIDRs routed via the host stack
@@ -208,6 +211,9 @@ pub struct NetConf {
     pub name: String,
     /// `socketPath`: the agent's socket.
     pub socket_path: PathBuf,
+    /// `delQueueDir`: where DEL is recorded while the agent's socket is
+    /// unreachable ([`lanlink_api::del_queue`]).
+    pub del_queue_dir: PathBuf,
     /// `uplink`: the LAN interface the agent must be using.
     pub uplink: Option<String>,
     /// `mode`.
@@ -276,6 +282,17 @@ impl NetConf {
             None => PathBuf::from(lanlink_api::DEFAULT_SOCKET),
         };
 
+        let del_queue_dir = match optional::<String>(obj, "", "delQueueDir")? {
+            Some(dir) if dir.starts_with('/') => PathBuf::from(dir),
+            Some(dir) => {
+                return Err(NetConfError::invalid(
+                    "delQueueDir",
+                    format!("{dir:?} is not an absolute path"),
+                ));
+            }
+            None => PathBuf::from(lanlink_api::del_queue::DEFAULT_DIR),
+        };
+
         let uplink: Option<String> = optional(obj, "", "uplink")?;
         if let Some(uplink) = &uplink {
             validate_ifname(uplink).map_err(|reason| NetConfError::invalid("uplink", reason))?;
@@ -330,6 +347,7 @@ impl NetConf {
             cni_version,
             name,
             socket_path,
+            del_queue_dir,
             uplink,
             mode,
             host_routes,
@@ -817,6 +835,10 @@ mod tests {
         assert_eq!(conf.cni_version, CniVersion::V1_1_0);
         assert_eq!(conf.name, "lan");
         assert_eq!(conf.socket_path, PathBuf::from(lanlink_api::DEFAULT_SOCKET));
+        assert_eq!(
+            conf.del_queue_dir,
+            PathBuf::from("/var/lib/lanlink/del-queue")
+        );
         assert_eq!(conf.mode, Mode::Primary);
         assert_eq!(conf.ipam, Ipam::Dhcp(DhcpConfig::default()));
         assert!(conf.host_routes.is_empty());
@@ -1067,6 +1089,8 @@ mod tests {
             ("socketPath", json!(5)),
             ("socketPath", json!("relative.sock")),
             ("socketPath", json!(format!("/{}", "x".repeat(120)))),
+            ("delQueueDir", json!("var/lib/lanlink/del-queue")),
+            ("delQueueDir", json!(7)),
             ("uplink", json!(["eth0"])),
             ("uplink", json!("a-very-long-interface-name")),
             ("mtu", json!("1500")),

@@ -264,6 +264,9 @@ impl PodNet {
             "uplink": "eth0",
             "mode": self.mode,
             "socketPath": agent.socket(),
+            // The agent's queue (`--del-queue-dir` defaults under its
+            // state dir): a DEL made while it is down waits there.
+            "delQueueDir": agent.state_dir().join("del-queue"),
         });
         if let Some(routes) = &self.host_routes {
             conf["hostRoutes"] = json!(routes);

@@ -275,10 +275,9 @@ fn verbs_with_the_agent_stopped() -> Result<()> {
             .is_some_and(|d| d.contains("lanlinkd")),
         "{err}"
     );
-    // The other verbs: 11, so the runtime retries.
+    // ADD, CHECK and GC: 11, so the runtime retries.
     let other = lab.node.pod_netns("later")?;
     verb(&lab, "ADD", "later", Some(other.path()), &conf)?.error(11, "agent not reachable")?;
-    verb(&lab, "DEL", &pod.id, ns, &conf)?.error(11, "agent not reachable")?;
     verb(
         &lab,
         "CHECK",
@@ -295,11 +294,21 @@ fn verbs_with_the_agent_stopped() -> Result<()> {
         "pod → router with the agent down: {}",
         p.summary
     );
+    // DEL succeeds (the pod does not stay Terminating): queued for the
+    // agent, which runs it at its next start, before it serves.
+    verb(&lab, "DEL", &pod.id, ns, &conf)?.ok_silent()?;
+    let queue = lab.agent.state_dir().join("del-queue");
+    let queued = std::fs::read_dir(&queue)?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    ensure!(queued == 1, "{queued} entries in {}", queue.display());
 
     lab.agent.restart()?;
     verb(&lab, "STATUS", "x", None, &conf)?.ok_silent()?;
-    verb(&lab, "DEL", &pod.id, ns, &conf)?.ok_silent()?;
     assert_gone(&lab, &pod)?;
+    // Still idempotent.
+    verb(&lab, "DEL", &pod.id, ns, &conf)?.ok_silent()?;
     Ok(())
 }
 

@@ -53,6 +53,12 @@ struct RunArgs {
     /// Where endpoints and leases are persisted.
     #[arg(long, env = "LANLINK_STATE_DIR", default_value = paths::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Where the CNI plugin queues DELs while the agent is stopped; run at
+    /// start, before serving. Default: `<state-dir>/del-queue`, which for the
+    /// default state dir is the netconf's default `delQueueDir`
+    /// (`/var/lib/lanlink/del-queue`); set both when either changes.
+    #[arg(long, value_name = "DIR", env = "LANLINK_DEL_QUEUE_DIR")]
+    del_queue_dir: Option<PathBuf>,
     /// Disable the conntrack-bypass fix (replies of host-routed flows then
     /// leave on L2, as with macvlan; for comparison only).
     #[arg(long)]
@@ -270,6 +276,9 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
     if !args.no_flow_fix {
         flags |= lanlink_common::config::FLOW_FIX;
     }
+    let del_queue_dir = args
+        .del_queue_dir
+        .unwrap_or_else(|| args.state_dir.join(lanlink_api::del_queue::DIR_NAME));
     let cfg = AgentConfig {
         uplink,
         pin_dir,
@@ -286,7 +295,7 @@ async fn run(args: RunArgs, socket: PathBuf, pin_dir: PathBuf) -> anyhow::Result
         },
     };
     lanlink_agent::dataplane::check_kernel(cfg.attach)?;
-    let agent: Arc<Agent> = Agent::start(cfg, shutdown.clone()).await?;
+    let agent: Arc<Agent> = Agent::start(cfg, &del_queue_dir, shutdown.clone()).await?;
     // Monitor streams never end on their own: the API's graceful shutdown
     // would wait for them.
     lanlink_agent::monitor::agent_monitor().stop_at(shutdown.clone());
@@ -409,6 +418,17 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["lanlinkd", "--log", "warn"]).unwrap();
         assert_eq!(cli.log.as_deref(), Some("warn"));
+    }
+
+    #[test]
+    fn the_del_queue_dir_defaults_under_the_state_dir() {
+        let cli = Cli::try_parse_from(["lanlinkd", "--uplink", "eth0"]).unwrap();
+        if std::env::var_os("LANLINK_DEL_QUEUE_DIR").is_none() {
+            assert_eq!(cli.run.del_queue_dir, None);
+        }
+        let cli =
+            Cli::try_parse_from(["lanlinkd", "--uplink", "eth0", "--del-queue-dir", "/q"]).unwrap();
+        assert_eq!(cli.run.del_queue_dir, Some(PathBuf::from("/q")));
     }
 
     #[test]

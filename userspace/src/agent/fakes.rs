@@ -599,3 +599,18 @@ pub(crate) fn request(container: &str, pod: &str) -> AttachmentRequest {
         },
     }
 }
+
+impl TestAgent {
+    /// [`TestAgent::restart`] through the deletion queue: the new agent runs
+    /// the DELs queued in `dir`, then re-adopts, as `Agent::start` does.
+    pub async fn restart_with_queue(
+        &self,
+        dir: &std::path::Path,
+    ) -> (Self, super::del_queue::Drained) {
+        self.agent.shutdown.cancel();
+        let t = Self::build(Arc::clone(&self.world), Arc::clone(&self.state_dir), |_| {});
+        let drained = t.agent.drain_del_queue(dir).await;
+        t.agent.readopt().await;
+        (t, drained)
+    }
+}

@@ -20,6 +20,7 @@
 
 mod add;
 mod check;
+mod del_queue;
 mod gc;
 mod remove;
 mod renew;

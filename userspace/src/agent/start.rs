@@ -1,6 +1,7 @@
 //! Start-up: the node prerequisites, the dataplane, the DHCP socket, the
-//! uplink cache and its task, the netfilter rules, and the re-adoption of
-//! the attachments of a previous run.
+//! uplink cache and its task, the netfilter rules, the DELs queued while
+//! the agent was stopped, and the re-adoption of the attachments of a
+//! previous run.
 
 use std::{path::Path, sync::Arc, sync::atomic::Ordering};
 
@@ -38,8 +39,14 @@ fn enable_ip_forward(path: &Path) -> std::io::Result<bool> {
 impl Agent<Node> {
     /// Starts the agent: enables forwarding, loads the dataplane, opens the
     /// DHCP socket, subscribes to the uplink's changes, installs the
-    /// netfilter rules, and re-adopts the attachments of a previous run.
-    pub async fn start(cfg: AgentConfig, shutdown: CancellationToken) -> anyhow::Result<Arc<Self>> {
+    /// netfilter rules, runs the DELs the plugin queued in `del_queue_dir`
+    /// while the agent was stopped (`del_queue.rs`), and re-adopts the
+    /// attachments of a previous run. The API serves only after this.
+    pub async fn start(
+        cfg: AgentConfig,
+        del_queue_dir: &Path,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Arc<Self>> {
         let nl = netlink::connect()?;
         let uplink = netlink::link(&nl, &cfg.uplink)
             .await
@@ -92,6 +99,18 @@ impl Agent<Node> {
         };
         let agent = Arc::new(Agent::new(cfg, parts, store, shutdown)?);
         *agent.firewall.lock().unwrap_or_else(|p| p.into_inner()) = firewall;
+        // Before re-adoption: what the queue deletes is not re-adopted
+        // first (no renewal restarted, no programs swapped in).
+        let drained = agent.drain_del_queue(del_queue_dir).await;
+        if drained != Default::default() {
+            info!(
+                dir = %del_queue_dir.display(),
+                done = drained.done,
+                failed = drained.failed,
+                set_aside = drained.set_aside,
+                "ran the DELs queued while the agent was stopped"
+            );
+        }
         agent.readopt().await;
         agent
             .sync_host_routes()
