@@ -513,6 +513,7 @@ fn containerfile_packages_the_built_binaries() -> Result<()> {
     let text = std::fs::read_to_string(deploy_dir().join("Containerfile"))?;
     let mut from = None;
     let mut profile = None;
+    let mut base: Option<String> = None;
     let mut copied = Vec::new();
     let mut entrypoint = None;
     let mut runs = Vec::new();
@@ -541,10 +542,15 @@ fn containerfile_packages_the_built_binaries() -> Result<()> {
     for line in &instructions {
         let (instr, rest) = line.split_once(' ').unwrap_or((line, ""));
         match instr {
-            "FROM" => from = Some(rest.to_owned()),
+            // `FROM ${BASE}`: the base a build without --build-arg uses
+            // (`cargo xtask image` passes its own Debian base).
+            "FROM" => from = Some(rest.replace("${BASE}", base.as_deref().unwrap_or(""))),
             "ARG" => {
                 if let Some(p) = rest.strip_prefix("PROFILE=") {
                     profile = Some(p.to_owned());
+                }
+                if let Some(b) = rest.strip_prefix("BASE=") {
+                    base = Some(b.to_owned());
                 }
             }
             "COPY" => {

@@ -9,11 +9,14 @@
 //! - `bench`: setup, build, then run the `lanlink-bench` crate (`bench/`):
 //!   lanlink against the physical limit and bridge + iptables, side by
 //!   side, and DEL/scrape with 65k flows (results in `bench/results/`).
+//! - `image`: build (release), then the DaemonSet's image from a Debian base
+//!   made here (no registry pull), saved as `target/image/lanlink.oci.tar`.
 
 mod bench;
 mod build;
 mod demo;
 mod ebpf;
+mod image;
 mod setup;
 mod test;
 mod util;
@@ -58,6 +61,10 @@ enum Cmd {
     /// lanlink-bench): lanlink against the physical limit and bridge +
     /// iptables, and DEL/scrape with 65k flows; results in bench/results/.
     Bench(bench::Options),
+    /// Build (release), then the image of deploy/Containerfile on a bookworm
+    /// base made with mmdebstrap (cached; no registry pull), podman; saves
+    /// target/image/lanlink.oci.tar, prints the size, smoke-checks it.
+    Image(image::Options),
 }
 
 fn main() -> Result<()> {
@@ -69,5 +76,6 @@ fn main() -> Result<()> {
         Cmd::Vmtest => vmtest::run(),
         Cmd::Demo => demo::run(),
         Cmd::Bench(opts) => bench::run(&opts),
+        Cmd::Image(opts) => image::run(&opts),
     }
 }
