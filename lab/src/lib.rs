@@ -46,6 +46,7 @@ pub mod capture;
 pub mod cleanup;
 pub mod cmd;
 pub mod cni;
+pub mod daemonset;
 pub mod firsthop;
 pub mod kea;
 pub mod lan;

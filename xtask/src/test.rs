@@ -9,7 +9,7 @@
 use anyhow::{Context, Result};
 
 use crate::util::{self, exec};
-use crate::{bench, build, ebpf, setup, vmtest};
+use crate::{bench, build, ebpf, image, setup, vmtest};
 
 /// The scenario files run a second time with `--attach tcx` (through
 /// `LANLINK_ATTACH`): those that attach, restart, switch and detach.
@@ -43,6 +43,13 @@ pub fn run(args: &[String]) -> Result<()> {
     )
     .context("clippy found warnings in the workspace")?;
     ebpf::clippy()?;
+    // The DaemonSet's image: the `daemonset` scenario runs it and fails
+    // (never skips) without it.
+    image::run(&image::Options {
+        rebuild_base: false,
+        no_check: false,
+    })
+    .context("`cargo xtask image` failed")?;
     // Leftovers of an earlier run that crashed are not this run's leaks.
     lanlink_lab::sweep_leftovers();
     let tests = exec(
