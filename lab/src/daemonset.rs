@@ -99,16 +99,7 @@ impl DsNode {
             bail!("bpffs is not mounted at /sys/fs/bpf; run `cargo xtask setup`");
         }
         let dir = LabDir::new("ds")?;
-        std::fs::write(
-            dir.path().join("containers.conf"),
-            "[containers]\n\
-             default_ulimits = []\n\
-             [engine]\n\
-             cgroup_manager = \"cgroupfs\"\n\
-             events_logger = \"none\"\n\
-             runtime = \"runc\"\n",
-        )
-        .context("cannot write containers.conf")?;
+        crate::podman::write_plain_containers_conf(dir.path())?;
         let label = names::unique("ds");
         let pin_dir = pin_root.join(&label);
         let pin_reg = Registration::new(Resource::Dir {

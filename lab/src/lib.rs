@@ -55,6 +55,7 @@ pub mod netfilter;
 pub mod netns;
 pub mod node;
 pub mod nssock;
+pub mod packet;
 pub mod ping;
 pub mod podman;
 pub mod pods;

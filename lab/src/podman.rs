@@ -333,3 +333,23 @@ fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// Writes `dir/containers.conf` for running podman on this kind of machine
+/// outside a lab network: runc with cgroupfs, no events log, and no default
+/// ulimits (podman's default `nofile` exceeds the hard limit here and runc
+/// fails with "error setting rlimit type 7"). [`Podman`] writes its own,
+/// with its CNI network on top of these settings. Returns its path.
+pub fn write_plain_containers_conf(dir: &Path) -> Result<std::path::PathBuf> {
+    let path = dir.join("containers.conf");
+    std::fs::write(
+        &path,
+        "[containers]\n\
+         default_ulimits = []\n\
+         [engine]\n\
+         cgroup_manager = \"cgroupfs\"\n\
+         events_logger = \"none\"\n\
+         runtime = \"runc\"\n",
+    )
+    .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(path)
+}

@@ -1,6 +1,6 @@
 //! `lanlinkd doctor`: the node's prerequisites, checked in the calling
 //! network namespace without an agent running, one line each
-//! (`ok|fixed|wrong|info  <name>  <detail>`), with the command that fixes
+//! (`ok|wrong|info  <name>  <detail>`), with the command that fixes
 //! what is wrong.
 //!
 //! Doctor never changes anything: the agent fixes at start what the
@@ -35,9 +35,6 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Status {
     /// As lanlink needs it.
     Ok,
-    /// Was not, and was changed (by the agent at its start; doctor itself
-    /// changes nothing, so it never reports this).
-    Fixed,
     /// Not as lanlink needs it: `fix` says what to run.
     Wrong,
     /// For the operator's information; nothing to do.
@@ -48,7 +45,6 @@ impl Status {
     fn as_str(self) -> &'static str {
         match self {
             Status::Ok => "ok",
-            Status::Fixed => "fixed",
             Status::Wrong => "wrong",
             Status::Info => "info",
         }

@@ -98,7 +98,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let out_dir = util::root().join("target/image");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let conf = write_containers_conf(&out_dir)?;
+    let conf = lanlink_lab::podman::write_plain_containers_conf(&out_dir)?;
     let podman = || {
         let mut cmd = Command::new("podman");
         cmd.env("CONTAINERS_CONF", &conf);
@@ -191,24 +191,6 @@ pub fn run(opts: &Options) -> Result<()> {
         archive.display()
     );
     Ok(())
-}
-
-/// A containers.conf for this machine's podman: runc with cgroupfs, and no
-/// default ulimits (podman's default `nofile` exceeds the hard limit here and
-/// runc fails with "error setting rlimit type 7"), as the lab's podman uses.
-fn write_containers_conf(out_dir: &Path) -> Result<PathBuf> {
-    let path = out_dir.join("containers.conf");
-    std::fs::write(
-        &path,
-        "[containers]\n\
-         default_ulimits = []\n\
-         [engine]\n\
-         cgroup_manager = \"cgroupfs\"\n\
-         events_logger = \"none\"\n\
-         runtime = \"runc\"\n",
-    )
-    .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
 }
 
 /// A hash of everything that shapes the base tarball and its import: the

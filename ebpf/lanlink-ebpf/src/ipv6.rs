@@ -248,6 +248,12 @@ fn claim(addr: &[u8; 16], ep: &EndpointByIf, ifindex: u32, len: u32) -> Result<(
 /// LAN host's address. Never changes the frame's fate.
 #[inline(always)]
 pub(crate) fn forget_defended(ctx: &TcContext) {
+    // Every IPv6 frame from the LAN passes here: one byte decides for all
+    // but ICMPv6 without extension headers (which is how hosts send
+    // neighbour advertisements), before any header walk.
+    if !matches!(ctx.load::<u8>(ETH_LEN + 6), Ok(IPPROTO_ICMPV6)) {
+        return;
+    }
     let Ok(ip) = read(ctx) else { return };
     if ip.proto != IPPROTO_ICMPV6 || ip.icmp_type != NEIGH_ADVERT {
         return;

@@ -438,19 +438,8 @@ impl PacketSocket {
             }
             OwnedFd::from_raw_fd(fd)
         };
-        let sll = Self::addr(iface.index, 0);
-        // SAFETY: sll is a valid sockaddr_ll of the size given.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&raw const sll).cast(),
-                size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("bind to {}", iface.name));
-        }
+        lanlink_lab::packet::bind(std::os::fd::AsFd::as_fd(&fd), &Self::addr(iface.index, 0))
+            .with_context(|| format!("bind to {}", iface.name))?;
         Ok(Self {
             fd,
             ifname: iface.name.clone(),
@@ -459,12 +448,7 @@ impl PacketSocket {
     }
 
     fn addr(ifindex: u32, protocol: u16) -> libc::sockaddr_ll {
-        // SAFETY: sockaddr_ll is plain old data.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = protocol.to_be();
-        sll.sll_ifindex = ifindex as i32;
-        sll
+        lanlink_lab::packet::sockaddr_ll(ifindex, protocol)
     }
 
     /// Sends one whole frame, with the frame's own EtherType as the

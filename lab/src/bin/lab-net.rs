@@ -294,25 +294,9 @@ fn packet_socket(ifname: &str) -> Result<(OwnedFd, libc::sockaddr_ll)> {
         }
         (OwnedFd::from_raw_fd(fd), index)
     };
-    // SAFETY: sockaddr_ll is plain old data.
-    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-    sll.sll_family = libc::AF_PACKET as u16;
-    sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
-    sll.sll_ifindex = index as i32;
-    // SAFETY: sll is a valid sockaddr_ll of the size given.
-    let rc = unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const sll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if rc < 0 {
-        return Err(format!(
-            "bind {ifname}: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let sll = lanlink_lab::packet::sockaddr_ll(index, libc::ETH_P_ALL as u16);
+    lanlink_lab::packet::bind(std::os::fd::AsFd::as_fd(&fd), &sll)
+        .map_err(|e| format!("bind {ifname}: {e}"))?;
     Ok((fd, sll))
 }
 
