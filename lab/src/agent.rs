@@ -117,7 +117,7 @@ impl Agent {
         let dir = LabDir::new("agent")?;
         let (pin_dir, pin_reg) = if opts.own_mount_ns {
             // A path of the agent's own mount namespace, never the host's.
-            (PathBuf::from(PIN_ROOT), None)
+            (PathBuf::from(crate::AGENT_DEFAULT_PIN_DIR), None)
         } else {
             let pin_root = Path::new(PIN_ROOT);
             if !is_bpffs(pin_root.parent().unwrap_or(pin_root)) {

@@ -46,10 +46,12 @@ pub mod capture;
 pub mod cleanup;
 pub mod cmd;
 pub mod cni;
+pub mod cri;
 pub mod daemonset;
 pub mod firsthop;
 pub mod kea;
 pub mod lan;
+pub mod lan6;
 pub mod names;
 pub mod netfilter;
 pub mod netns;
@@ -59,6 +61,7 @@ pub mod packet;
 pub mod ping;
 pub mod podman;
 pub mod pods;
+pub mod readme;
 pub mod toolargs;
 pub mod traffic;
 pub mod wait;
@@ -89,8 +92,14 @@ pub const AGENT_BIN: &str = "lanlinkd";
 pub const CNI_BIN: &str = "lanlink";
 
 /// The directory under which each agent of the lab pins its maps, in its own
-/// subdirectory named like the lab's namespaces.
-pub const PIN_ROOT: &str = "/sys/fs/bpf/lanlink";
+/// subdirectory named like the lab's namespaces. The lab's own root, not the
+/// agent's default pin dir ([`AGENT_DEFAULT_PIN_DIR`]): a node's real agent
+/// pins there, and the lab never writes into it.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/lanlink-lab";
+
+/// The agent's default `--pin-dir` (`lanlink_agent::paths::DEFAULT_PIN_DIR`);
+/// only tests of that default use it, each in a mount namespace of its own.
+pub const AGENT_DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/lanlink";
 
 /// Where lanlink's binaries are: `$LANLINK_BIN_DIR`, else
 /// `<workspace>/target/debug` (what `cargo xtask build` produces).

@@ -41,7 +41,7 @@ const APPLETS: &[&str] = &[
     "sh", "ip", "ping", "cat", "sleep", "echo", "ls", "mkdir", "ifconfig", "route", "true",
 ];
 
-/// The cgroup v1 controllers podman's cgroupfs manager creates directories in.
+/// Where the cgroup hierarchies are (v1: one per controller below it).
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// Directories outside the temp dir that podman's libraries create on first
@@ -238,20 +238,82 @@ impl Podman {
         }
     }
 
-    /// The cgroup directories of its containers that still exist.
-    pub fn cgroups(&self) -> Vec<PathBuf> {
+    /// Its containers' cgroup parent in every hierarchy where it exists
+    /// (see [`cgroup_dirs`]).
+    pub fn cgroups(&self) -> Result<Vec<PathBuf>> {
+        cgroup_dirs(&self.cgroup_parent)
+    }
+
+    /// The cgroups of the container `id` (full or short id): directories
+    /// below the cgroup parent whose name holds it (`libpod-<id>`, and
+    /// podman's `libpod-conmon-<id>` when it makes one), in every hierarchy.
+    pub fn container_cgroups(&self, id: &str) -> Result<Vec<PathBuf>> {
+        ensure!(!id.is_empty(), "an empty container id");
         let mut found = Vec::new();
-        let Ok(controllers) = std::fs::read_dir(CGROUP_ROOT) else {
-            return found;
-        };
-        for c in controllers.filter_map(|e| e.ok()) {
-            let parent = c.path().join(&self.cgroup_parent);
-            if parent.is_dir() {
-                found.push(parent);
+        for parent in self.cgroups()? {
+            for dir in cleanup::walk_dirs(&parent) {
+                if dir
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.contains(id))
+                {
+                    found.push(dir);
+                }
             }
         }
-        found
+        Ok(found)
     }
+
+    /// libcni's cached results of its network (`<network>-<id>-<ifname>`
+    /// under [`cleanup::CNI_RESULTS`]). No cache dir is none; a dir that
+    /// cannot be read is an error, never an empty list.
+    pub fn cni_results(&self) -> Result<Vec<String>> {
+        let dir = Path::new(cleanup::CNI_RESULTS);
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+        };
+        let prefix = format!("{}-", self.network);
+        let mut found = Vec::new();
+        for e in entries {
+            let e = e.with_context(|| format!("cannot read {}", dir.display()))?;
+            if let Ok(name) = e.file_name().into_string()
+                && name.starts_with(&prefix)
+            {
+                found.push(name);
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+/// The directories named `name` directly under each cgroup hierarchy
+/// (`/sys/fs/cgroup/<controller>/<name>` with cgroup v1, or
+/// `/sys/fs/cgroup/<name>` with v2) that exist. A hierarchy that cannot be
+/// read, or a path whose existence cannot be told, is an error, never
+/// "absent".
+pub fn cgroup_dirs(name: &str) -> Result<Vec<PathBuf>> {
+    let root = Path::new(CGROUP_ROOT);
+    let mut roots = vec![root.to_owned()];
+    for c in std::fs::read_dir(root).with_context(|| format!("cannot read {CGROUP_ROOT}"))? {
+        let c = c.with_context(|| format!("cannot read {CGROUP_ROOT}"))?;
+        if c.file_type().is_ok_and(|t| t.is_dir()) {
+            roots.push(c.path());
+        }
+    }
+    let mut found = Vec::new();
+    for r in roots {
+        let dir = r.join(name);
+        if dir
+            .try_exists()
+            .with_context(|| format!("cannot tell whether {} exists", dir.display()))?
+        {
+            found.push(dir);
+        }
+    }
+    Ok(found)
 }
 
 /// A directory image: `/bin/busybox` (static) and links to its applets,
@@ -289,9 +351,13 @@ impl Drop for Podman {
         {
             cleanup::remove_netns(&name);
         }
-        for dir in self.cgroups() {
+        let cgroups = self.cgroups().unwrap_or_else(|e| {
+            lab_log!("cannot list podman's cgroups: {e:#}");
+            Vec::new()
+        });
+        for dir in cgroups {
             // Leaves first: rmdir only removes empty cgroups.
-            let mut dirs: Vec<PathBuf> = walk_dirs(&dir);
+            let mut dirs: Vec<PathBuf> = cleanup::walk_dirs(&dir);
             dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
             for d in dirs {
                 if let Err(e) = std::fs::remove_dir(&d) {
@@ -319,19 +385,6 @@ impl Drop for Podman {
             let _ = std::fs::remove_dir(dir);
         }
     }
-}
-
-/// `dir` and every directory below it.
-fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![dir.to_owned()];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        for e in entries.filter_map(|e| e.ok()) {
-            if e.file_type().is_ok_and(|t| t.is_dir()) {
-                out.extend(walk_dirs(&e.path()));
-            }
-        }
-    }
-    out
 }
 
 /// Writes `dir/containers.conf` for running podman on this kind of machine

@@ -274,7 +274,7 @@ fn agent_guard_starts_restarts_and_cleans_up() {
     let mut agent = Agent::start(&node, opts).unwrap();
     let pin_dir = agent.pin_dir().to_owned();
     let socket = agent.socket();
-    assert!(pin_dir.starts_with("/sys/fs/bpf/lanlink/") && pin_dir.is_dir());
+    assert!(pin_dir.starts_with(lanlink_lab::PIN_ROOT) && pin_dir.is_dir());
     assert!(socket.exists());
     let first = agent.pid().unwrap() as i32;
     // It runs in the node's namespace.

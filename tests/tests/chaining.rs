@@ -143,3 +143,80 @@ fn chained_with_the_tuning_plugin() -> Result<()> {
     lab.lan.wait_for_no_lease(&mac, Duration::from_secs(5))?;
     Ok(())
 }
+
+/// lanlink chained with the reference `portmap` plugin (the README's
+/// "followed by reference plugins (`tuning`, `portmap`)"): a hostPort
+/// mapping in `runtimeConfig`, as libcni passes it to a plugin with the
+/// `portMappings` capability, reaches the pod from a LAN host through the
+/// node's address (DNAT; portmap's masquerade of its own subnet, the LAN,
+/// makes the pod see the node as the client), and
+/// portmap's DEL removes its rules, after which the hostPort answers
+/// nothing. Before the ADD the same connection fails: the control that the
+/// mapping, not something else, carries it.
+#[test]
+fn chained_with_the_portmap_plugin() -> Result<()> {
+    use lanlink_lab::nssock::{TcpServer, tcp_connect};
+    use std::net::SocketAddrV4;
+    const PORTMAP: &str = "/usr/lib/cni/portmap";
+    const HOST_PORT: u16 = 18080;
+    let lab = lab()?;
+    ensure!(
+        Path::new(PORTMAP).is_file(),
+        "{PORTMAP} is missing (containernetworking-plugins)"
+    );
+    let mapping = json!([{"hostPort": HOST_PORT, "containerPort": 8080, "protocol": "tcp"}]);
+    // portmap (1.1.1) speaks up to 1.0.0, so the list is 1.0.0.
+    let list = json!({
+        "cniVersion": "1.0.0",
+        "name": "lanlink-lab",
+        "plugins": [
+            PodNet::primary().plugin(&lab.agent),
+            {
+                "type": "portmap",
+                "capabilities": {"portMappings": true},
+                "runtimeConfig": {"portMappings": mapping},
+            }
+        ]
+    });
+    let target = SocketAddrV4::new(NODE_IP, HOST_PORT);
+    let ns = lab.node.pod_netns("mapped")?;
+    let server = TcpServer::start(&ns, 8080, "mapped\n", Duration::from_secs(60))?;
+    let unmapped = tcp_connect(lab.host.ns(), target, Duration::from_secs(2))?;
+    ensure!(
+        unmapped.is_err(),
+        "{target} answered before the mapping: {unmapped:?}"
+    );
+
+    let id = format!("{}-mapped", ns.name());
+    let result = list_add(&lab, &list, &id, ns.path())?;
+    let nat = lab.node.ns().run_ok(&["iptables", "-t", "nat", "-S"])?;
+    ensure!(
+        nat.contains("CNI-HOSTPORT-DNAT"),
+        "portmap wrote no DNAT chain:\n{nat}"
+    );
+    let c = tcp_connect(lab.host.ns(), target, Duration::from_secs(5))?
+        .with_context(|| format!("LAN host → {target}; agent log:\n{}", lab.agent.log()))?;
+    ensure!(c.received == "mapped\n", "got {:?}", c.received);
+    // portmap masquerades connections from the pod's own subnet (its
+    // hairpin rule, `-s <subnet of the result's address>`), which for a
+    // lanlink pod is the whole LAN: the pod sees the node's address, on the
+    // client's port (`"snat": false` would keep the client's address).
+    ensure!(
+        server.peers() == [SocketAddrV4::new(NODE_IP, c.local.port())],
+        "the pod saw {:?}, the LAN host connected from {}",
+        server.peers(),
+        c.local
+    );
+
+    list_run(&lab, &list, "DEL", &id, ns.path(), &result)?;
+    let nat = lab.node.ns().run_ok(&["iptables", "-t", "nat", "-S"])?;
+    ensure!(
+        !nat.lines()
+            .any(|l| l.contains(&format!("--dport {HOST_PORT}"))),
+        "portmap's rules left after DEL:\n{nat}"
+    );
+    ensure!(host_veths(&lab.node)?.is_empty(), "veth left after DEL");
+    let after = tcp_connect(lab.host.ns(), target, Duration::from_secs(2))?;
+    ensure!(after.is_err(), "{target} answered after DEL: {after:?}");
+    Ok(())
+}

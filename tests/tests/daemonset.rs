@@ -318,10 +318,26 @@ fn daemonset_image_installs_serves_and_rolls_without_loss() -> Result<()> {
     let init = kubelet.resolve(manifest.container("initContainers", "install-cni")?)?;
     let agent_spec = manifest.container("containers", "agent")?;
     let mut agent = kubelet.resolve(agent_spec)?;
+    // The image as a user gets it: the archive `cargo xtask image` wrote,
+    // loaded with the README's own command.
+    let archive_dir = workspace_root().join("target/image");
+    ensure!(
+        archive_dir.join("lanlink.oci.tar").is_file(),
+        "{}/lanlink.oci.tar is missing: build it with `cargo xtask image` \
+         (`cargo xtask test` builds it before the scenarios)",
+        archive_dir.display()
+    );
+    let load = lanlink_lab::readme::install_command("podman load")?;
+    let loaded = lanlink_lab::readme::run_in(&load, &archive_dir, &[], Duration::from_secs(120))?;
+    eprintln!("README `{load}`: {}", loaded.trim());
+    ensure!(
+        loaded.contains(&agent.image),
+        "`{load}` loaded {loaded:?}, not the manifest's image {}",
+        agent.image
+    );
     ensure!(
         ds.image_exists(&agent.image),
-        "the image {} is not in podman's storage: build it with `cargo xtask image` \
-         (`cargo xtask test` builds it before the scenarios)",
+        "the image {} is not in podman's storage after `{load}`",
         agent.image
     );
     // Never the host's /sys/fs/bpf/lanlink: a pin dir of this run's own on
@@ -444,7 +460,24 @@ fn daemonset_image_installs_serves_and_rolls_without_loss() -> Result<()> {
     let ping = BgPing::start(&p1.ns, ROUTER, &pings.path().join("p1.log"))?;
     std::thread::sleep(Duration::from_secs(2));
     let t = std::time::Instant::now();
+    // As kubelet does: the preStop hook runs in the container, then SIGTERM.
+    let pre_stop = pre_stop_command(agent_spec)?;
+    let hook = cmd::run_ok(
+        &mut ds.podman(
+            &[
+                &["exec", first.as_str()][..],
+                &pre_stop.iter().map(String::as_str).collect::<Vec<_>>(),
+            ]
+            .concat(),
+        ),
+        Duration::from_secs(30),
+    )
+    .context("the manifest's preStop hook")?;
     let old_log = ds.stop(&first, grace)?;
+    ensure!(
+        old_log.contains("agent stopping; pinned eBPF programs and maps keep forwarding"),
+        "the preStop hook's message is not in the agent container's log (hook said {hook:?}):\n{old_log}"
+    );
     let second = ds.start("agent", &agent)?;
     wait_for_socket(&ds, &second, &socket)?;
     let status = ready(&ds, &second, agent_spec)?;
@@ -492,4 +525,18 @@ fn daemonset_image_installs_serves_and_rolls_without_loss() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The agent container's `lifecycle.preStop.exec.command`.
+fn pre_stop_command(spec: &Value) -> Result<Vec<String>> {
+    spec["lifecycle"]["preStop"]["exec"]["command"]
+        .as_array()
+        .context("the agent container has no preStop exec hook")?
+        .iter()
+        .map(|v| {
+            v.as_str()
+                .map(str::to_owned)
+                .context("a non-string preStop argument")
+        })
+        .collect()
 }

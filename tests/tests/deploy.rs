@@ -298,8 +298,13 @@ fn daemonset_has_what_a_node_needs() -> Result<()> {
         .as_array()
         .context("no preStop hook")?
         .iter()
-        .filter_map(Value::as_str)
-        .collect::<Vec<_>>()
+        .map(|a| {
+            // A YAML plain scalar with ": " in it is a mapping, which the
+            // API server refuses: every argument must be a string.
+            a.as_str()
+                .with_context(|| format!("preStop argument {a} is not a string"))
+        })
+        .collect::<Result<Vec<_>>>()?
         .join(" ");
     for destructive in [
         "rm ", "bpftool", "tc ", "ip link", "kill", "umount", "detach",

@@ -479,3 +479,246 @@ fn metrics_are_valid_and_change_as_traffic_flows() -> Result<()> {
     ensure!(gone.sum("lanlink_dhcp_lease_events_total", &[("event", "released")]) == 1.0);
     Ok(())
 }
+
+/// The value of the one sample `name` with `labels`, failing if absent.
+fn value(s: &Scrape, name: &str, labels: &[(&str, &str)]) -> Result<f64> {
+    let mut m = s.matching(name, labels);
+    let v = m
+        .next()
+        .with_context(|| format!("no {name} {labels:?} in the scrape"))?
+        .value;
+    ensure!(m.next().is_none(), "more than one {name} {labels:?}");
+    Ok(v)
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Waits (≤ `timeout`) for a scrape that satisfies `pred`; returns it.
+fn scrape_until(
+    agent: &Agent,
+    what: &str,
+    timeout: Duration,
+    pred: impl Fn(&Scrape) -> bool,
+) -> Result<Scrape> {
+    lanlink_lab::wait_until(timeout, what, || {
+        let s = scrape(agent)?;
+        Ok(pred(&s).then_some(s))
+    })
+}
+
+/// The metrics the first scenario does not check, each present with a
+/// plausible value that moves when it should: `lanlink_agent_ready` (1,
+/// then 0 while the uplink is down, 1 again); `lanlink_flow_gc_runs_total`
+/// (grows with every flow pass); `lanlink_flows` (host-routed flows the
+/// node opens to a pod are counted, then gone once idle past
+/// `--flow-timeout`) and `lanlink_flows_expired_total` (grows by those);
+/// `lanlink_lease_renewal_timestamp_seconds` (T1 of the pod's lease: after
+/// now and before its expiry, and later after a renewal).
+#[test]
+fn flow_ready_and_renewal_metrics_are_present_and_move() -> Result<()> {
+    lanlink_lab::require_root();
+    // dnsmasq's shortest lease with T1 at 4 s, so a renewal comes soon.
+    let lab = lanlink_lab::OneNode::start_with(
+        lanlink_lab::LanOptions {
+            lease_secs: 120,
+            extra_args: vec!["--dhcp-option=option:T1,4".into()],
+            ..lanlink_lab::LanOptions::default()
+        },
+        AgentOptions {
+            extra_args: vec!["--flow-timeout".into(), "2".into()],
+            ..AgentOptions::default()
+        },
+    )?;
+    let first = scrape(&lab.agent)?;
+    for (family, kind) in [
+        ("lanlink_agent_ready", "gauge"),
+        ("lanlink_flows_expired", "counter"),
+        ("lanlink_flow_gc_runs", "counter"),
+    ] {
+        ensure!(
+            first.types.get(family).map(String::as_str) == Some(kind),
+            "{family} is not a {kind}: {:?}",
+            first.types.get(family)
+        );
+    }
+    ensure!(value(&first, "lanlink_agent_ready", &[])? == 1.0);
+
+    // The flow pass runs every second (--flow-timeout 2, divided by 4,
+    // at least 1 s): its run counter grows, and `lanlink_flows` is there.
+    let runs0 = value(&first, "lanlink_flow_gc_runs_total", &[])?;
+    let later = scrape_until(
+        &lab.agent,
+        "two more flow passes",
+        Duration::from_secs(6),
+        |s| s.sum("lanlink_flow_gc_runs_total", &[]) >= runs0 + 2.0,
+    )?;
+    ensure!(
+        later.types.get("lanlink_flows").map(String::as_str) == Some("gauge"),
+        "lanlink_flows after a pass: {:?}",
+        later.types.get("lanlink_flows")
+    );
+    let expired0 = value(&later, "lanlink_flows_expired_total", &[])?;
+
+    // Host-routed flows: the node pings the pod (flow_to_host, learnt).
+    let conf = netconf(&lab, "1.1.0");
+    let pod = add(&lab, "flows", &conf)?;
+    let p = ping(lab.node.ns(), pod.ip, 3, Duration::from_secs(5))?;
+    ensure!(p.all_received(), "node → pod: {}", p.summary);
+    let with_flows = scrape_until(
+        &lab.agent,
+        "lanlink_flows ≥ 1",
+        Duration::from_secs(5),
+        |s| s.sum("lanlink_flows", &[]) >= 1.0,
+    )?;
+    let counted = value(&with_flows, "lanlink_flows", &[])?;
+    let idle = scrape_until(
+        &lab.agent,
+        "the flows to expire",
+        Duration::from_secs(10),
+        |s| s.sum("lanlink_flows", &[]) == 0.0,
+    )?;
+    let expired = value(&idle, "lanlink_flows_expired_total", &[])? - expired0;
+    ensure!(
+        expired >= 1.0,
+        "{counted} flows counted, gone, but lanlink_flows_expired_total grew by {expired}"
+    );
+    eprintln!("lanlink_flows {counted} → 0, lanlink_flows_expired_total +{expired}");
+
+    // The renewal timestamp: T1 of the pod's lease, after now, before the
+    // expiry; a renewal moves it later.
+    let who = [("container_id", pod.id.as_str()), ("ifname", "eth0")];
+    let s = scrape(&lab.agent)?;
+    ensure!(
+        s.types
+            .get("lanlink_lease_renewal_timestamp_seconds")
+            .map(String::as_str)
+            == Some("gauge"),
+        "the renewal timestamp is not a gauge: {:?}",
+        s.types.get("lanlink_lease_renewal_timestamp_seconds")
+    );
+    let renew = value(&s, "lanlink_lease_renewal_timestamp_seconds", &who)?;
+    let expiry = value(&s, "lanlink_lease_expiry_timestamp_seconds", &who)?;
+    let now = unix_now();
+    ensure!(
+        renew > now - 1.0 && renew <= now + 5.0 && renew < expiry && expiry <= now + 121.0,
+        "renewal at {renew}, expiry at {expiry}, now {now}"
+    );
+    let renewed = scrape_until(
+        &lab.agent,
+        "the renewal timestamp to move",
+        Duration::from_secs(10),
+        |s| s.sum("lanlink_lease_renewal_timestamp_seconds", &who) > renew,
+    )?;
+    ensure!(
+        renewed.sum("lanlink_dhcp_lease_events_total", &[("event", "renewed")]) >= 1.0,
+        "the timestamp moved without a renewal"
+    );
+
+    // Ready follows the uplink: 0 while it is down, 1 once it is up.
+    lab.node.ns().ip(&["link", "set", "eth0", "down"])?;
+    let down = scrape_until(&lab.agent, "ready 0", Duration::from_secs(5), |s| {
+        s.sum("lanlink_agent_ready", &[]) == 0.0
+    });
+    lab.node.ns().ip(&["link", "set", "eth0", "up"])?;
+    down?;
+    scrape_until(&lab.agent, "ready 1 again", Duration::from_secs(5), |s| {
+        s.sum("lanlink_agent_ready", &[]) == 1.0
+    })?;
+    verb(&lab, "DEL", &pod.id, Some(pod.ns.path()), &conf)?.ok_silent()?;
+    Ok(())
+}
+
+/// `drop_expired` end to end: a 10 s Kea lease (T1 4 s, T2 7 s), Kea
+/// stopped so the renewal and the rebinding fail, the lease expires; the
+/// pod, which keeps sending from the address it had (put back by hand, as
+/// a pod that ignores the loss would), reaches nothing, and its frames are
+/// counted under `drop_expired` node-wide and for the pod in the metrics.
+/// The same ping before the expiry is the control: it gets through and
+/// counts nothing there.
+#[test]
+fn an_expired_lease_drops_the_pods_traffic_and_counts_it() -> Result<()> {
+    use lanlink_lab::{Kea, KeaOptions, Lan, LanOptions, Node, OneNode};
+    lanlink_lab::require_root();
+    let lan = Lan::new(LanOptions {
+        extra_args: vec![Kea::SILENCE_DNSMASQ.into()],
+        ..LanOptions::default()
+    })?;
+    let mut kea = Kea::start(
+        &lan,
+        KeaOptions {
+            valid_lifetime: 10,
+            renew_timer: Some(4),
+            rebind_timer: Some(7),
+            ..KeaOptions::default()
+        },
+    )?;
+    let host = lan.add_host("host", OneNode::HOST_IP)?;
+    let node = Node::new(&lan, "node", OneNode::NODE_IP)?;
+    let agent = Agent::start(&node, AgentOptions::default())?;
+    let lab = OneNode {
+        agent,
+        node,
+        host,
+        lan,
+    };
+    let conf = netconf(&lab, "1.1.0");
+    let pod = add(&lab, "expiring", &conf)?;
+    let who = [("container_id", pod.id.as_str()), ("ifname", "eth0")];
+    let expired_node = |s: &Scrape| {
+        s.sum(
+            "lanlink_dataplane_packets_total",
+            &[("verdict", "drop_expired")],
+        )
+    };
+    let expired_pod = |s: &Scrape| {
+        s.sum(
+            "lanlink_endpoint_dropped_packets_total",
+            &[who[0], who[1], ("reason", "drop_expired")],
+        )
+    };
+
+    let before = scrape(&lab.agent)?;
+    let p = ping(&pod.ns, ROUTER, 3, Duration::from_secs(5))?;
+    ensure!(p.all_received(), "pod → router while leased: {}", p.summary);
+    let leased = scrape(&lab.agent)?;
+    ensure!(
+        expired_node(&leased) == expired_node(&before) && expired_pod(&leased) == 0.0,
+        "drop_expired counted while the lease is valid"
+    );
+
+    kea.stop()?;
+    let expired = scrape_until(
+        &lab.agent,
+        "the lease to expire",
+        Duration::from_secs(16),
+        |s| s.sum("lanlink_dhcp_lease_events_total", &[("event", "expired")]) >= 1.0,
+    )
+    .with_context(|| format!("agent log:\n{}", lab.agent.log()))?;
+    ensure!(
+        !expired.has("lanlink_lease_info", &[who[0], ("state", "bound")]),
+        "the lease still shows bound"
+    );
+    // The pod keeps its old address (the agent removed it).
+    let cidr = format!("{}/24", pod.ip);
+    let _ = pod
+        .ns
+        .ip(&["addr", "add", &cidr, "dev", "eth0"])
+        .context("put the old address back")?;
+    let p = ping(&pod.ns, ROUTER, 5, Duration::from_secs(8))?;
+    ensure!(p.received == 0, "pod → router after expiry: {}", p.summary);
+    let after = scrape(&lab.agent)?;
+    let node_wide = expired_node(&after) - expired_node(&leased);
+    let for_pod = expired_pod(&after);
+    eprintln!("after expiry: drop_expired +{node_wide} node-wide, {for_pod} for the pod");
+    ensure!(
+        node_wide >= 3.0 && for_pod >= 3.0,
+        "drop_expired grew by {node_wide} node-wide and {for_pod} for the pod"
+    );
+    verb(&lab, "DEL", &pod.id, Some(pod.ns.path()), &conf)?.ok_silent()?;
+    Ok(())
+}

@@ -24,19 +24,27 @@ fn host_bpffs_mounts() -> Result<Vec<String>> {
         .collect())
 }
 
-/// What an agent pinning straight into `/sys/fs/bpf/lanlink` would leave in
-/// the host's bpffs (the lab's own agents pin one level deeper).
-fn host_pins() -> Vec<&'static str> {
-    ["EP_BY_MAC", "STATS", "links"]
+/// What an agent pinning straight into the agent's default pin dir or the
+/// lab's pin root would leave in the host's bpffs (the lab's other agents
+/// pin one level deeper, in a dir of their own).
+fn host_pins() -> Vec<String> {
+    [lanlink_lab::AGENT_DEFAULT_PIN_DIR, lanlink_lab::PIN_ROOT]
         .into_iter()
-        .filter(|name| Path::new(lanlink_lab::PIN_ROOT).join(name).exists())
+        .flat_map(|root| {
+            ["EP_BY_MAC", "STATS", "links"]
+                .into_iter()
+                .map(move |name| Path::new(root).join(name))
+        })
+        .filter(|pin| pin.exists())
+        .map(|pin| pin.display().to_string())
         .collect()
 }
 
 /// The agent in a mount namespace whose `/sys/fs/bpf` is a tmpfs (as `ip
-/// netns exec` leaves it) with `--pin-dir /sys/fs/bpf/lanlink`: it mounts
-/// bpffs there, says so, and a pod leases and pings the router; the host's
-/// `/sys/fs/bpf` and `/sys/fs/bpf/lanlink` are untouched throughout.
+/// netns exec` leaves it) with its pin dir under it: it mounts bpffs there,
+/// says so, and a pod leases and pings the router; the host's `/sys/fs/bpf`,
+/// the agent's default pin dir and the lab's pin root are untouched
+/// throughout.
 #[test]
 fn the_agent_mounts_bpffs_where_ip_netns_exec_left_none() -> Result<()> {
     lanlink_lab::require_root();
@@ -58,11 +66,8 @@ fn the_agent_mounts_bpffs_where_ip_netns_exec_left_none() -> Result<()> {
     let seen = lanlink_lab::cmd::run_ok(
         std::process::Command::new("nsenter")
             .args(["--target", &pid, "--mount", "--"])
-            .args([
-                "sh",
-                "-c",
-                "stat -f -c %T /sys/fs/bpf && ls /sys/fs/bpf/lanlink",
-            ]),
+            .args(["sh", "-c", "stat -f -c %T /sys/fs/bpf && ls \"$0\""])
+            .arg(agent.pin_dir()),
         lanlink_lab::cmd::SHORT,
     )?;
     ensure!(
@@ -85,8 +90,7 @@ fn the_agent_mounts_bpffs_where_ip_netns_exec_left_none() -> Result<()> {
     );
     ensure!(
         host_pins() == pins_before,
-        "the agent pinned in the host's {}: {:?}",
-        lanlink_lab::PIN_ROOT,
+        "the agent pinned in the host's bpffs: {:?}",
         host_pins()
     );
     del_pod(node, agent, &pod)?;

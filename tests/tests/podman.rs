@@ -65,24 +65,23 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     let lab = OneNode::start()?;
     let (lan, node, agent) = (&lab.lan, &lab.node, &lab.agent);
     let podman = Podman::new(node, "lanlink-lan", PodNet::primary().plugin(agent))?;
-    let network_results = |podman: &Podman| -> Vec<String> {
-        std::fs::read_dir("/var/lib/cni/results")
-            .map(|d| {
-                d.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().into_string().ok())
-                    .filter(|n| n.starts_with(&format!("{}-", podman.network())))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     // A run that crashed mid-DEL can leave a result of this network's name
-    // behind; only this run's containers count.
-    let stale = network_results(&podman);
-    let ours = |podman: &Podman| -> Vec<String> {
-        let mut v = network_results(podman);
+    // behind; only this run's containers count. An unreadable cache dir is
+    // an error here, never "no results".
+    let stale = podman.cni_results()?;
+    let ours = |podman: &Podman| -> Result<Vec<String>> {
+        let mut v = podman.cni_results()?;
         v.retain(|r| !stale.contains(r));
-        v
+        Ok(v)
     };
+    // Before any container, no cgroup of its parent exists.
+    let cgroup_parent = podman.cgroup_parent();
+    let cgroup_name = cgroup_parent.trim_start_matches('/').to_owned();
+    ensure!(
+        podman.cgroups()?.is_empty(),
+        "cgroups before any container: {:?}",
+        podman.cgroups()?
+    );
 
     // 1. A detached container: leased, on the LAN both ways; `podman rm`
     //    releases it.
@@ -99,6 +98,20 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     );
     let id = String::from_utf8_lossy(&started.stdout).trim().to_owned();
     let sandbox = podman.sandbox("web")?;
+    // Positive controls of the checks that later read an absence: while
+    // the container runs, its cgroup and libcni's cached result exist.
+    let cgroups = podman.container_cgroups(&id)?;
+    ensure!(
+        !cgroups.is_empty(),
+        "no cgroup of the running container {id} under {cgroup_parent}: {:?}",
+        podman.cgroups()?
+    );
+    let result_name = format!("{}-{id}-eth0", podman.network());
+    ensure!(
+        ours(&podman)?.contains(&result_name),
+        "no cached result {result_name} of the running container: {:?}",
+        ours(&podman)?
+    );
     let inside = podman.run_ok(
         &[
             "exec",
@@ -155,6 +168,15 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     ensure!(host_veths(node)?.is_empty(), "veth left after rm");
     ensure!(!sandbox.exists(), "{} left after rm", sandbox.display());
     ensure!(
+        podman.container_cgroups(&id)?.is_empty(),
+        "the container's cgroups after rm: {:?}",
+        podman.container_cgroups(&id)?
+    );
+    ensure!(
+        !ours(&podman)?.contains(&result_name),
+        "libcni's result {result_name} left after rm"
+    );
+    ensure!(
         lan.dhcp_log()
             .contains(&format!("DHCPRELEASE(br0) {ip} {mac}")),
         "no DHCPRELEASE for {ip} in dnsmasq's log"
@@ -197,9 +219,31 @@ fn podman_containers_lease_reach_the_lan_and_release_on_rm() -> Result<()> {
     wait_until(
         Duration::from_secs(5),
         "libcni's cached results removed",
-        || Ok(ours(&podman).is_empty().then_some(())),
+        || Ok(ours(&podman)?.is_empty().then_some(())),
     )
     .with_context(|| format!("libcni results left: {:?}", ours(&podman)))?;
+    // No container's cgroup is left below the parent, and no process in
+    // the `conmon` cgroup all the parent's conmons share (podman keeps that
+    // and the parent; the guard removes them).
+    let mut below = Vec::new();
+    for parent in podman.cgroups()? {
+        for e in std::fs::read_dir(&parent).with_context(|| format!("{}", parent.display()))? {
+            let path = e?.path();
+            if !path.is_dir() {
+                continue;
+            }
+            if path.file_name().is_some_and(|n| n == "conmon") {
+                let procs = std::fs::read_to_string(path.join("cgroup.procs"))
+                    .with_context(|| format!("{}/cgroup.procs", path.display()))?;
+                ensure!(procs.trim().is_empty(), "conmon left: {procs}");
+            } else {
+                below.push(path);
+            }
+        }
+    }
+    ensure!(below.is_empty(), "containers' cgroups left: {below:?}");
     drop(podman);
+    let left = lanlink_lab::podman::cgroup_dirs(&cgroup_name)?;
+    ensure!(left.is_empty(), "cgroups left after the guard: {left:?}");
     Ok(())
 }

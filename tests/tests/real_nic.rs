@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use lanlink_lab::pods::{self, Pod, add_pod, del_pod};
-use lanlink_lab::{Agent, CniCall, Node, OneNode, bin_dir, cni, ping};
+use lanlink_lab::{Agent, CniCall, Node, OneNode, bin_dir, cni, ping, wait_until};
 use serde_json::Value;
 
 /// The `ip -j link show dev <dev>` object of `dev` in the node.
@@ -121,11 +121,25 @@ fn allmulti_follows_the_pods_and_host_veth_macs_are_set() -> Result<()> {
     for pod in [&a, &b] {
         ensure_host_veth(node, pod)?;
     }
-    // What udev's MACAddressPolicy=persistent would do to a random MAC:
-    // CHECK puts back the MAC the pod has cached for the node.
+    // What udev's MACAddressPolicy=persistent would do to a random MAC: the
+    // agent sees the link notification and puts back the MAC the pod has
+    // cached for the node, with no CNI call; CHECK then finds it right.
     let (veth, reported) = host_interface(&a)?;
+    let restored_before = lab.agent.log().matches("host veth MAC changed").count();
     node.ns()
         .ip(&["link", "set", "dev", &veth, "address", "02:00:00:00:14:02"])?;
+    // The log line (it names the MAC found) shows the change happened and
+    // was undone by the agent, not that the `ip link set` failed.
+    wait_until(
+        Duration::from_secs(5),
+        "the agent to restore the host veth's MAC",
+        || {
+            let log = lab.agent.log();
+            let logged = log.matches("host veth MAC changed").count() > restored_before
+                && log.contains("02:00:00:00:14:02");
+            Ok((logged && link(node, &veth)?["address"] == reported.as_str()).then_some(()))
+        },
+    )?;
     check(node, &lab.agent, &a)?;
     let now = link(node, &veth)?;
     ensure!(

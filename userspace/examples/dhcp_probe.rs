@@ -105,6 +105,7 @@ async fn main() -> anyhow::Result<()> {
                         timeout,
                         send_options: vec![(60, b"lanlink".to_vec())],
                         arp_probe: dhcp::ArpProbe::from_millis(args.arp_probe_ms),
+                        on_request: Default::default(),
                     }
                 })
                 .collect();

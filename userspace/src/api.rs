@@ -240,6 +240,25 @@ pub fn router(agent: Arc<Agent>) -> Router {
         .with_state(agent)
 }
 
+/// The routes of [`router`] that take a body, with its body limit and the
+/// same decoding ([`Body`]), but handlers that only answer `{}`: for fuzzing
+/// the request decoding without an agent (`fuzz/`), not an API.
+#[doc(hidden)]
+pub fn decode_only_router() -> Router {
+    async fn attachment(Body(_): Body<AttachmentRequest>) -> Response {
+        Json(serde_json::json!({})).into_response()
+    }
+    async fn gc(Body(_): Body<GcRequest>) -> Response {
+        Json(serde_json::json!({})).into_response()
+    }
+    Router::new()
+        .route(routes::CNI_ADD, post(attachment))
+        .route(routes::CNI_DEL, post(attachment))
+        .route(routes::CNI_CHECK, post(attachment))
+        .route(routes::CNI_GC, post(gc))
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+}
+
 /// Binds the socket root-only (mode 0600, replacing a stale one) and serves
 /// until `shutdown` fires, to peers that are root or the agent's own user
 /// ([`peer`]); the socket file is removed on the way out.

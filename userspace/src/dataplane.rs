@@ -136,9 +136,17 @@ fn prog_err(what: impl Into<String>) -> impl FnOnce(aya::programs::ProgramError)
 }
 
 /// A map removal that found nothing to remove is fine.
+///
+/// aya 0.14's `HashMap::remove` reports a missing key as the syscall's
+/// ENOENT, not as `KeyNotFound`: both mean "already gone".
 fn ignore_missing(r: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match r {
         Err(aya::maps::MapError::KeyNotFound) | Ok(()) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e))
+            if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }

@@ -11,6 +11,7 @@ pub mod dhcp;
 pub mod doctor;
 pub mod firewall;
 pub mod flows;
+pub mod ipv6;
 pub mod metrics;
 pub mod monitor;
 pub mod netlink;

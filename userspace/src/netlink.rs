@@ -143,7 +143,9 @@ pub struct LinkInfo {
     pub mtu: u32,
 }
 
-fn link_info(msg: &LinkMessage) -> LinkInfo {
+/// The index, MAC and MTU a link message carries (a dump's or a
+/// notification's).
+pub fn link_info(msg: &LinkMessage) -> LinkInfo {
     let mut info = LinkInfo {
         index: msg.header.index,
         mac: [0; 6],

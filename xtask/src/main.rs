@@ -11,13 +11,19 @@
 //!   side, and DEL/scrape with 65k flows (results in `bench/results/`).
 //! - `image`: build (release), then the DaemonSet's image from a Debian base
 //!   made here (no registry pull), saved as `target/image/lanlink.oci.tar`.
+//! - `fuzz`: the cargo-fuzz targets of `fuzz/` for a bounded time each
+//!   (installs cargo-fuzz on first use); totals in `bench/results/fuzz.json`.
+//! - `soak`: ADD/DEL cycles through the real plugin and agent under injected
+//!   faults, then the leak invariants; results in `bench/results/soak.json`.
 
 mod bench;
 mod build;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod image;
 mod setup;
+mod soak;
 mod test;
 mod util;
 mod vmtest;
@@ -65,6 +71,13 @@ enum Cmd {
     /// base made with mmdebstrap (cached; no registry pull), podman; saves
     /// target/image/lanlink.oci.tar, prints the size, smoke-checks it.
     Image(image::Options),
+    /// Run the cargo-fuzz targets of fuzz/ (pinned nightly, libFuzzer) for
+    /// `--time` seconds each; totals in bench/results/fuzz.json.
+    Fuzz(fuzz::Options),
+    /// Setup, build, then `--cycles` (100) concurrent pod ADD/DEL cycles
+    /// under seeded fault injection (`soak/`, crate lanlink-soak): nothing
+    /// may leak; results in bench/results/soak.json and soak.png.
+    Soak(soak::Options),
 }
 
 fn main() -> Result<()> {
@@ -77,5 +90,7 @@ fn main() -> Result<()> {
         Cmd::Demo => demo::run(),
         Cmd::Bench(opts) => bench::run(&opts),
         Cmd::Image(opts) => image::run(&opts),
+        Cmd::Fuzz(opts) => fuzz::run(&opts),
+        Cmd::Soak(opts) => soak::run(&opts),
     }
 }

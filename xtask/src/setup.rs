@@ -26,10 +26,15 @@ const PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "containernetworking-plugins",
+    // kubelet's runtime: the CRI scenario drives containerd 1.6 (its
+    // client, the k8s-cri crate, compiles the CRI protos with protoc).
+    "containerd",
+    "protobuf-compiler",
     // DHCP clients and other DHCP servers for interop tests.
     "busybox-static",
     "isc-dhcp-server",
     "kea-dhcp4-server",
+    "kea-dhcp6-server",
     "radvd",
     "curl",
     "jq",
@@ -206,8 +211,37 @@ fn ebpf_toolchain() -> Result<()> {
     let Some(sysroot) = sysroot(&name) else {
         bail!("`rustc +{name} --print sysroot` failed after linking it");
     };
+    // A linked toolchain cannot have components added, but the rustup
+    // toolchain it links to can (a fresh machine's `nightly` comes without
+    // rust-src): add what is missing there.
+    let has_src = |root: &Path| root.join("lib/rustlib/src/rust/library/core").is_dir();
+    let has_clippy = || {
+        succeeds(
+            Command::new("cargo")
+                .arg(format!("+{name}"))
+                .args(["clippy", "--version"]),
+        )
+    };
+    let missing: Vec<&str> = [("rust-src", has_src(&sysroot)), ("clippy", has_clippy())]
+        .into_iter()
+        .filter_map(|(c, present)| (!present).then_some(c))
+        .collect();
+    if !missing.is_empty()
+        && let Some(target) = linked_source(&sysroot)
+    {
+        installing(&format!(
+            "{} (on {target}, which {name} links to)",
+            missing.join(", ")
+        ));
+        exec(
+            Command::new("rustup")
+                .args(["component", "add", "--toolchain", &target])
+                .args(&missing),
+        )
+        .with_context(|| format!("cannot add {} to {target}", missing.join(", ")))?;
+    }
     // rust-src is a directory in the sysroot; clippy is a driver binary.
-    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+    if has_src(&sysroot) {
         ok(&format!("rust-src ({name})"));
     } else {
         bail!(
@@ -216,11 +250,7 @@ fn ebpf_toolchain() -> Result<()> {
              toolchain it links to"
         );
     }
-    if succeeds(
-        Command::new("cargo")
-            .arg(format!("+{name}"))
-            .args(["clippy", "--version"]),
-    ) {
+    if has_clippy() {
         ok(&format!("clippy ({name})"));
     } else {
         bail!(
@@ -230,6 +260,16 @@ fn ebpf_toolchain() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The rustup toolchain whose directory `sysroot` is (what a linked
+/// toolchain points at), if it is one rustup installed from a channel.
+fn linked_source(sysroot: &Path) -> Option<String> {
+    let dir = sysroot.file_name()?.to_str()?.to_owned();
+    let installed = sysroot
+        .join("lib/rustlib/multirust-channel-manifest.toml")
+        .is_file();
+    installed.then_some(dir)
 }
 
 /// The date of `toolchain`'s channel manifest (`date = "YYYY-MM-DD"`, the
@@ -281,6 +321,26 @@ fn bpf_linker() -> Result<()> {
     if !succeeds(Command::new("bpf-linker").arg("--version")) {
         bail!(
             "bpf-linker was installed but `bpf-linker --version` fails: is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
+/// cargo-fuzz, which `cargo xtask fuzz` drives on the pinned nightly.
+/// Installed by that command on first use, not by every setup: the tests
+/// and CI do not fuzz (the fuzzers' regression inputs are unit tests).
+pub fn cargo_fuzz() -> Result<()> {
+    if succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        ok("cargo-fuzz");
+        return Ok(());
+    }
+    installing("cargo-fuzz (cargo install; takes a few minutes)");
+    let mut cmd = Command::new("cargo");
+    util::clean_cargo_env(&mut cmd);
+    exec(cmd.args(["install", "cargo-fuzz", "--locked"])).context("cannot install cargo-fuzz")?;
+    if !succeeds(Command::new("cargo").args(["fuzz", "--version"])) {
+        bail!(
+            "cargo-fuzz was installed but `cargo fuzz --version` fails: is ~/.cargo/bin on PATH?"
         );
     }
     Ok(())

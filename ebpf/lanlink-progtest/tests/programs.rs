@@ -24,6 +24,8 @@ use lanlink_progtest::{
 #[path = "programs/first_hop.rs"]
 mod first_hop;
 use first_hop::*;
+#[path = "programs/random_frames.rs"]
+mod random_frames;
 
 /// Pod veths in every lab: pods 1 and 2 are registered by [`register`],
 /// pod 3 only where a case says so.

@@ -1,8 +1,11 @@
 //! CNI ADD, and its undo when a step fails.
 //!
-//! Steps, in order: the veth pair; the pod MAC in the uplink's unicast
-//! filter and the uplink in all-multicast mode; at once the lease and the dataplane (programs attached, endpoint
-//! registered, host routes); the pod's address and routes and the node's
+//! Steps, in order: the in-flight record (`state::adding`, updated with the
+//! lease once held, removed after the commit or the undo: what a restart
+//! undoes if the agent dies in between); the veth pair; the pod MAC in the
+//! uplink's unicast filter and the uplink in all-multicast mode; at once the
+//! lease and the dataplane (programs attached, endpoint registered, host
+//! routes); the pod's address and routes and the node's
 //! route to it; the endpoint with its address, the state, the flood list.
 //! A failure undoes what was done in reverse, except that the programs are
 //! always detached before the endpoint entries go: a veth whose programs
@@ -37,6 +40,8 @@ pub(super) struct Undo {
     endpoint: Option<(u32, [u8; 6])>,
     lease: Option<Lease>,
     host_route: Option<(std::net::Ipv4Addr, u32)>,
+    /// The in-flight record (`state::adding`), by host veth.
+    record: Option<String>,
 }
 
 impl<K: Kernel> Agent<K> {
@@ -115,6 +120,28 @@ impl<K: Kernel> Agent<K> {
         res
     }
 
+    /// The DHCP client's hook before a REQUEST: the offered address goes
+    /// into the in-flight record first, so an agent killed before the ACK
+    /// is handled (during the ARP probe, say) has its successor release it.
+    /// A release of an address the server never bound is ignored by it.
+    fn record_requested(self: &Arc<Self>, adding: &state::Adding) -> dhcp::OnRequest {
+        let (agent, adding) = (Arc::clone(self), adding.clone());
+        dhcp::OnRequest(Some(Arc::new(move |lease: dhcp::Lease| {
+            let (agent, rec) = (
+                Arc::clone(&agent),
+                state::Adding {
+                    lease: Some(lease),
+                    ..adding.clone()
+                },
+            );
+            Box::pin(async move {
+                if let Err(e) = agent.store.record_adding(&rec).await {
+                    warn!(attachment = %rec.key(), error = %e, "cannot record the requested address");
+                }
+            })
+        })))
+    }
+
     async fn add_steps(
         self: &Arc<Self>,
         req: &AttachmentRequest,
@@ -126,6 +153,19 @@ impl<K: Kernel> Agent<K> {
         let host_veth = host_veth_name(&req.container_id, &req.ifname);
         let mtu = req.config.mtu.unwrap_or(self.uplink.mtu);
         let mut phases = Phases::start();
+
+        // 0. The in-flight record, before anything is made: a start after a
+        //    crash in this ADD undoes what it made (`start.rs`).
+        let adding = state::Adding {
+            container_id: req.container_id.clone(),
+            ifname: req.ifname.clone(),
+            netns: netns.to_string(),
+            host_veth: host_veth.clone(),
+            mac,
+            lease: None,
+        };
+        self.store.record_adding(&adding).await?;
+        undo.record = Some(host_veth.clone());
 
         // 1. The veth pair, the pod end born in the pod's namespace.
         self.links.delete_link(&host_veth).await?; // leftover of a crashed ADD
@@ -141,6 +181,7 @@ impl<K: Kernel> Agent<K> {
             })
             .await?;
         undo.veth = Some(host_veth.clone());
+        super::crash_point("add-veth");
         phases.mark("veth");
 
         let mut ep = Endpoint {
@@ -185,18 +226,41 @@ impl<K: Kernel> Agent<K> {
                 .map(|o| (o.code(), o.value().to_vec()))
                 .collect(),
             arp_probe: dhcp::ArpProbe::from_millis(dcfg.arp_probe_ms),
+            on_request: self.record_requested(&adding),
         });
+        let adding = &adding;
         let acquire = async {
             match &lease_req {
-                Some(r) => Some(self.leases.acquire(r).await),
+                Some(r) => {
+                    let res = self.leases.acquire(r).await;
+                    // The lease in the record as soon as it is held (not
+                    // after the dataplane's preparation): a crash from here
+                    // on releases it at the next start.
+                    let recorded = match &res {
+                        Ok(lease) => {
+                            let rec = state::Adding {
+                                lease: Some(lease.clone()),
+                                ..adding.clone()
+                            };
+                            self.store.record_adding(&rec).await
+                        }
+                        Err(_) => Ok(()),
+                    };
+                    Some((res, recorded))
+                }
                 None => None,
             }
         };
         let (prepared, acquired) =
             tokio::join!(self.prepare_dataplane(&ep, undo, &mut phases), acquire);
+        let (acquired, recorded) = match acquired {
+            Some((res, recorded)) => (Some(res), recorded),
+            None => (None, Ok(())),
+        };
         if let Some(Ok(lease)) = &acquired {
             undo.lease = Some(lease.clone());
         }
+        recorded?;
         prepared?;
         let mut routes = Vec::new();
         if let Some(acquired) = acquired {
@@ -207,6 +271,7 @@ impl<K: Kernel> Agent<K> {
             // The wait for the lease beyond the dataplane's preparation.
             phases.mark("lease");
             info!(attachment = %key, address = %lease.address, mac = %fmt_mac(&mac), server = %lease.server_id, "leased");
+            super::crash_point("add-leased");
 
             // 4. Address and routes in the pod; the node's route to it.
             routes = pod_routes(&req.config, &lease);
@@ -236,10 +301,16 @@ impl<K: Kernel> Agent<K> {
         let entry = self.endpoint_entry(&ep);
         self.maps
             .register(host.index, entry, self.endpoint_guard(&ep))?;
+        super::crash_point("add-registered");
         self.commit(key, Some(ep.clone())).await?;
+        super::crash_point("add-committed");
         if let Err(e) = self.sync_flood() {
             self.commit(key, None).await?;
             return Err(e);
+        }
+        // Committed: a record left by a failure here is dropped at start.
+        if let Err(e) = self.store.clear_adding(&host_veth).await {
+            warn!(attachment = %key, error = %e, "cannot remove the in-flight ADD record");
         }
         if ep.lease.is_some() {
             self.spawn_renewal(key.to_string());
@@ -319,6 +390,11 @@ impl<K: Kernel> Agent<K> {
         }
         if let Some(mac) = undo.mac {
             self.release_mac(mac, key);
+        }
+        if let Some(veth) = &undo.record
+            && let Err(e) = self.store.clear_adding(veth).await
+        {
+            warn!(attachment = %key, error = %e, "undo: remove the in-flight ADD record failed");
         }
     }
 }

@@ -85,14 +85,44 @@ impl<K: Kernel> Agent<K> {
                     drained.done += 1;
                 }
                 Err(e) => {
-                    warn!(attachment = %key, error = %e, "queued DEL failed; kept for the next start");
+                    warn!(attachment = %key, error = %e, "queued DEL failed; kept, retried while the agent runs and at the next start");
                     drained.failed += 1;
                 }
             }
         }
         drained
     }
+
+    /// While the agent runs, every [`REDRAIN_EVERY`]: DELs the plugin
+    /// queued after the drain at start and before the API listened (it found
+    /// no socket then), and queued DELs that failed, so none waits for the
+    /// next start. Ends at shutdown.
+    pub(crate) async fn redrain_del_queue(self: Arc<Self>, dir: std::path::PathBuf) {
+        let mut tick = tokio::time::interval(REDRAIN_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The first tick is immediate: the drain at start just ran.
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.shutdown.cancelled() => return,
+            }
+            let drained = self.drain_del_queue(&dir).await;
+            if drained != Drained::default() {
+                info!(
+                    dir = %dir.display(),
+                    done = drained.done,
+                    failed = drained.failed,
+                    set_aside = drained.set_aside,
+                    "ran queued DELs"
+                );
+            }
+        }
+    }
 }
+
+/// How often a running agent looks at its deletion queue.
+pub(crate) const REDRAIN_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {

@@ -249,6 +249,35 @@ pub struct Parts<K: Kernel> {
     pub adopted_maps: bool,
 }
 
+/// The environment variable naming the fault-injection file of debug
+/// builds ([`crash_point`]).
+pub const CRASH_AT_ENV: &str = "LANLINK_TEST_CRASH_AT";
+
+/// Fault injection for the crash-consistency scenario, in debug builds only
+/// (release builds compile it out): when `LANLINK_TEST_CRASH_AT` names a
+/// file holding `point`, the agent removes the file (so its restart goes
+/// on) and SIGKILLs itself, as a crash at that point of ADD or DEL would.
+/// Points: `add-veth`, `add-leased`, `add-registered`, `add-committed`,
+/// `del-detached`, `del-veth-deleted`, `del-released`.
+#[cfg(debug_assertions)]
+pub(crate) fn crash_point(point: &str) {
+    let Some(file) = std::env::var_os(CRASH_AT_ENV) else {
+        return;
+    };
+    match std::fs::read_to_string(&file) {
+        Ok(p) if p.trim() == point => {}
+        _ => return,
+    }
+    let _ = std::fs::remove_file(&file);
+    tracing::error!(point, "crash injected ({CRASH_AT_ENV}): killing the agent");
+    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+}
+
+/// Compiled out of release builds.
+#[cfg(not(debug_assertions))]
+#[inline(always)]
+pub(crate) fn crash_point(_point: &str) {}
+
 fn now_unix() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

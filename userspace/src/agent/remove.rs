@@ -83,6 +83,7 @@ impl<K: Kernel> Agent<K> {
             warn!(attachment = %key, mac = %fmt_mac(&ep.mac), "another attachment holds this MAC; leaving its map entry, filter entry and lease alone");
         }
         self.maps.detach(&ep.host_veth)?;
+        super::crash_point("del-detached");
         self.maps
             .unregister(ep.host_ifindex, owns_mac.then_some(ep.mac))?;
         self.maps.purge_flows(ep.host_ifindex)?;
@@ -90,6 +91,7 @@ impl<K: Kernel> Agent<K> {
             self.links.del_uc_filter(self.uplink.index, ep.mac).await?;
         }
         self.links.delete_link(&ep.host_veth).await?;
+        super::crash_point("del-veth-deleted");
         if let Some(lease) = &ep.lease
             && !ep.expired
             && owns_mac
@@ -99,6 +101,7 @@ impl<K: Kernel> Agent<K> {
             if let Err(e) = self.leases.release(lease).await {
                 warn!(attachment = %key, error = %e, "release failed");
             }
+            super::crash_point("del-released");
         }
         // `unregister` already took the veth out of the flood list.
         self.commit(&key, None).await?;

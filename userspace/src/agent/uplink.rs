@@ -10,7 +10,7 @@ use futures::{Stream, StreamExt as _};
 use rtnetlink::packet_route::RouteNetlinkMessage;
 use tracing::{info, warn};
 
-use super::{Agent, Kernel};
+use super::{Agent, Kernel, Links as _};
 use crate::netlink;
 
 /// What the agent knows of its uplink.
@@ -84,6 +84,11 @@ impl<K: Kernel> Agent<K> {
                 warn!("uplink notifications ended; the uplink cache is no longer updated");
                 return;
             };
+            if let RouteNetlinkMessage::NewLink(l) = &msg
+                && l.header.index != self.uplink.index
+            {
+                self.host_link_changed(netlink::link_info(l));
+            }
             let (changed, view) = {
                 let mut view = self.uplink_view();
                 (view.apply(self.uplink.index, &msg), view.clone())
@@ -98,6 +103,46 @@ impl<K: Kernel> Agent<K> {
                 }
             }
         }
+    }
+}
+
+impl<K: Kernel> Agent<K> {
+    /// A link changed: when it is a host veth whose MAC is no longer the one
+    /// the agent set (udev's `MACAddressPolicy=persistent` on hosts whose
+    /// rules match veths, an administrator), put the recorded MAC back at
+    /// once, since the pod's neighbour cache holds it for its gateway. In a
+    /// task, under the attachment's lock: a slow ADD may hold it, and the
+    /// watch must not wait.
+    fn host_link_changed(self: &Arc<Self>, found: netlink::LinkInfo) {
+        let ep = self
+            .state()
+            .endpoints
+            .values()
+            .find(|e| e.host_ifindex == found.index)
+            .cloned();
+        let Some(ep) = ep else { return };
+        if found.mac == ep.host_mac || found.mac == [0; 6] {
+            return;
+        }
+        let agent = Arc::clone(self);
+        tokio::spawn(async move {
+            let key = ep.key();
+            let _guard = agent.lock_key(&key).await;
+            // Read again under the lock: DEL may have removed it, CHECK may
+            // have restored it.
+            let Some(ep) = agent.state().endpoints.get(&key).cloned() else {
+                return;
+            };
+            match agent.links.find_link(&ep.host_veth).await {
+                Ok(Some(l)) if l.index == ep.host_ifindex => {
+                    if let Err(e) = agent.restore_host_mac(&ep, &l).await {
+                        warn!(attachment = %key, error = %e, "cannot restore the host veth's MAC");
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => warn!(attachment = %key, error = %e, "cannot look up the host veth"),
+            }
+        });
     }
 }
 

@@ -61,12 +61,21 @@ impl Lease {
 
     /// When renewing starts (T1), unix seconds; `u64::MAX` for an infinite lease.
     pub fn t1_at_unix(&self) -> u64 {
-        self.at(self.t1_secs)
+        self.at(self.timers().0)
     }
 
     /// When rebinding starts (T2), unix seconds; `u64::MAX` for an infinite lease.
     pub fn t2_at_unix(&self) -> u64 {
-        self.at(self.t2_secs)
+        self.at(self.timers().1)
+    }
+
+    /// T1 and T2 in order (`T1 <= T2 <= lease`), by the rule applied to an
+    /// ACK's options: a lease read back from the state file may carry
+    /// timers out of order, and a T1 past the expiry would sleep through
+    /// it without renewing, keeping an address the server may have given
+    /// away (found by fuzzing the state loader).
+    fn timers(&self) -> (u32, u32) {
+        super::wire::timers(self.lease_secs, Some(self.t1_secs), Some(self.t2_secs))
     }
 
     /// When the lease expires, unix seconds; `u64::MAX` for an infinite lease.
@@ -441,6 +450,40 @@ mod tests {
             }
         );
         assert_eq!(m.poll(5000), LeaseAction::Expire);
+    }
+
+    /// Regression (fuzz/regressions/state_file/t1-past-expiry.json): a
+    /// stored lease with T1 and T2 past its expiry made the machine wait
+    /// until T1, after the lease had run out, without ever renewing. Out of
+    /// order timers now get the defaults, as those of an ACK do.
+    #[test]
+    fn timers_out_of_order_get_the_defaults() {
+        let mut l = lease(1_780_000_000, 1466);
+        (l.t1_secs, l.t2_secs) = (1800, 3150);
+        let m = LeaseMachine::new(l.clone(), policy());
+        let base = l.obtained_at_unix;
+        let at = |secs: u64| base + secs;
+        // 1466 / 2 and 1466 * 7 / 8.
+        assert_eq!((l.t1_at_unix(), l.t2_at_unix()), (at(733), at(1282)));
+        assert_eq!(
+            m.poll(at(0)),
+            LeaseAction::Wait {
+                until_unix: at(733)
+            }
+        );
+        assert!(matches!(
+            m.poll(at(733)),
+            LeaseAction::Renew {
+                rebinding: false,
+                ..
+            }
+        ));
+        // T1 after T2 (both before the expiry): T2 stays, T1 falls back.
+        (l.t1_secs, l.t2_secs) = (1000, 600);
+        assert_eq!((l.t1_at_unix(), l.t2_at_unix()), (at(600), at(600)));
+        // In order: as the server said.
+        (l.t1_secs, l.t2_secs) = (100, 200);
+        assert_eq!((l.t1_at_unix(), l.t2_at_unix()), (at(100), at(200)));
     }
 
     #[test]

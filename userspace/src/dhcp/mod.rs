@@ -18,13 +18,19 @@ mod client;
 mod error;
 mod identity;
 mod lease;
+#[cfg(test)]
+mod lease_props;
 pub mod persist;
 mod socket;
 mod wire;
 
 pub use arp::ArpProbe;
-pub use client::{DhcpClient, DhcpConfig, DhcpEvents, DhcpStats, LeaseRequest};
+pub use client::{
+    DhcpClient, DhcpConfig, DhcpEvents, DhcpStats, LeaseRequest, OnRequest, RequestHook,
+};
 pub use error::{DhcpError, Mac};
 pub use identity::{random_identity, sanitize_hostname, stable_identity};
 pub use lease::{Lease, LeaseAction, LeaseMachine, LeasePhase, RenewPolicy};
+#[doc(hidden)]
+pub use wire::{FuzzReply, fuzz_reply};
 pub use wire::{decode_classless_routes, encode_classless_routes};

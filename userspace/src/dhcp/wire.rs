@@ -685,7 +685,7 @@ pub(crate) fn lease_from_ack(
 /// T1 and T2 from options 58/59, defaulting to 0.5 and 0.875 of the lease
 /// (RFC 2131 4.4.5); server values that break `T1 <= T2 <= lease` are
 /// replaced by the defaults.
-fn timers(lease: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
+pub(crate) fn timers(lease: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
     if lease == u32::MAX {
         // Infinite lease: never renew.
         return (u32::MAX, u32::MAX);
@@ -695,6 +695,47 @@ fn timers(lease: u32, t1: Option<u32>, t2: Option<u32>) -> (u32, u32) {
     let t2 = t2.filter(|&t| t <= lease).unwrap_or(default_t2);
     let t1 = t1.filter(|&t| t <= t2).unwrap_or(default_t1.min(t2));
     (t1, t2)
+}
+
+/// What the client makes of one received frame: the fuzzing entry point
+/// (`fuzz/`), not an API.
+#[doc(hidden)]
+#[derive(Clone, Debug, PartialEq)]
+pub struct FuzzReply {
+    /// The address, if the client would take the reply as an OFFER while
+    /// selecting.
+    pub offer: Option<Ipv4Addr>,
+    /// Whether the reply is a DHCPNAK (the lease machine is told so).
+    pub nak: bool,
+    /// The lease, if the client would take the reply as the ACK of its request.
+    pub lease: Option<Lease>,
+}
+
+/// Runs `frame` through what the client's receive path and exchanges do
+/// with a server's reply ([`parse_frame`], [`parse_reply`], the OFFER test,
+/// [`lease_from_ack`] with the request sent at `requested_at_unix`). `frame`
+/// is tried as an Ethernet frame, and else as a bare DHCP message. For
+/// fuzzing (`fuzz/`), not an API.
+#[doc(hidden)]
+pub fn fuzz_reply(frame: &[u8], requested_at_unix: u64) -> Option<FuzzReply> {
+    let (src_mac, src_ip, reply) = match parse_frame(frame) {
+        Ok(rx) => (rx.src_mac, rx.src_ip, parse_reply(rx.payload).ok()?),
+        Err(_) => ([0; 6], Ipv4Addr::UNSPECIFIED, parse_reply(frame).ok()?),
+    };
+    let server_id = reply.opts.server_id.unwrap_or(src_ip);
+    let offer =
+        (reply.msg_type == MessageType::Offer && usable(reply.yiaddr)).then_some(reply.yiaddr);
+    let owner = LeaseOwner {
+        mac: reply.chaddr,
+        client_id: &[1, 2, 3, 4, 5, 6, 7],
+        hostname: Some("fuzz"),
+    };
+    let lease = lease_from_ack(&owner, &reply, src_mac, Some(server_id), requested_at_unix).ok();
+    Some(FuzzReply {
+        offer,
+        nak: reply.msg_type == MessageType::Nak,
+        lease,
+    })
 }
 
 #[cfg(test)]

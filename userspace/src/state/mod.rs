@@ -5,7 +5,20 @@
 //!
 //! The file has its own versioned types ([`v1`]), so changing an API type
 //! never changes the file; a file of another version is refused at start.
+//!
+//! Crash consistency: the file is replaced by a temporary file, fsynced,
+//! renamed over it, and the directory fsynced, so a kill (or power loss) at
+//! any point leaves the old or the new state, never a torn one; the
+//! temporary file of an interrupted write is removed at start. A file that
+//! does not decode was not written by this agent's writer (a disk fault, a
+//! hand edit): the agent refuses to start, naming it, and leaves it alone.
+//! Starting empty would make every live attachment an orphan (removed at
+//! start) and lose every lease it holds; moving the file aside would do the
+//! same. Meanwhile the pinned programs keep forwarding for the pods. ADDs in
+//! flight have their own small records ([`adding`]), so a restart can undo
+//! one the agent died in.
 
+pub mod adding;
 pub mod v1;
 mod writer;
 
@@ -20,6 +33,7 @@ use std::{
 use lanlink_api::{AttachmentConfig, EndpointInfo, PodIdentity};
 use tokio::sync::oneshot;
 
+pub use adding::Adding;
 pub use writer::WriteError;
 
 use crate::dhcp::Lease;
@@ -64,8 +78,13 @@ pub enum StateError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not JSON of the layout its version says.
-    #[error("the state file {path} is corrupt")]
+    /// The file is not JSON of the layout its version says. The agent does
+    /// not start over it (see the module header).
+    #[error(
+        "the state file {path} is corrupt; lanlinkd will not start without its attachments \
+         (that would remove them all and lose their leases): restore the file, or move it \
+         away to start with none"
+    )]
     Corrupt {
         /// The state file.
         path: PathBuf,
@@ -104,6 +123,24 @@ pub enum StateError {
         /// Which record, and why.
         #[source]
         source: v1::InvalidRecord,
+    },
+    /// The temporary file of an interrupted write could not be removed.
+    #[error("cannot remove {path}, the temporary file of an interrupted state write")]
+    Leftover {
+        /// The temporary file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The record of an ADD in flight could not be written, removed or read.
+    #[error("cannot update the in-flight ADD record {path}")]
+    Adding {
+        /// The record (or its directory).
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
     /// A write including the change failed; the file holds what it held.
     #[error("cannot save state to {path}")]
@@ -234,9 +271,7 @@ impl Store {
         create_private_dir(state_dir)?;
         let path = state_dir.join(crate::paths::STATE_FILE);
         restrict(&path, 0o600)?;
-        // The writer truncates a leftover temporary file and renames it over
-        // the state file: it would keep its mode.
-        restrict(&writer::temp_path(&path), 0o600)?;
+        remove_leftover(&writer::temp_path(&path))?;
         let writer = writer::Writer::spawn(path.clone()).map_err(|source| StateError::Spawn {
             path: path.clone(),
             source,
@@ -247,6 +282,28 @@ impl Store {
     /// The state file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The directory of the in-flight ADD records ([`adding`]).
+    fn adding_dir(&self) -> PathBuf {
+        self.path.with_file_name(adding::DIR)
+    }
+
+    /// Records (or updates) an ADD in flight, before it makes anything and
+    /// once it holds a lease.
+    pub async fn record_adding(&self, rec: &Adding) -> Result<(), StateError> {
+        adding::write(&self.adding_dir(), rec).await
+    }
+
+    /// Forgets the ADD in flight of `host_veth` (committed or undone).
+    pub async fn clear_adding(&self, host_veth: &str) -> Result<(), StateError> {
+        adding::remove(&self.adding_dir(), host_veth).await
+    }
+
+    /// The ADDs that were in flight when the previous agent stopped (at
+    /// start; it blocks, briefly).
+    pub fn adding(&self) -> Result<Vec<Adding>, StateError> {
+        adding::read_all(&self.adding_dir())
     }
 
     /// Where the writer puts its temporary file (tests make it unusable to
@@ -302,6 +359,25 @@ fn create_private_dir(dir: &Path) -> Result<(), StateError> {
     restrict(dir, 0o700)
 }
 
+/// Removes the temporary file of a state write the previous agent was
+/// killed in (its content is a partial snapshot, never read), logging it.
+fn remove_leftover(tmp: &Path) -> Result<(), StateError> {
+    match std::fs::remove_file(tmp) {
+        Ok(()) => {
+            tracing::warn!(
+                file = %tmp.display(),
+                "removed the temporary file of an interrupted state write (the state file holds the last complete state)"
+            );
+            Ok(())
+        }
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(StateError::Leftover {
+            path: tmp.to_path_buf(),
+            source,
+        }),
+    }
+}
+
 /// Takes the permission bits outside `allowed` off `path` (never adds any),
 /// logging it; nothing to do if it does not exist.
 fn restrict(path: &Path, allowed: u32) -> Result<(), StateError> {
@@ -329,8 +405,9 @@ fn restrict(path: &Path, allowed: u32) -> Result<(), StateError> {
 }
 
 /// Parses the file's bytes: version 1, or a file without a version that has
-/// the version 1 layout.
-fn decode(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
+/// the version 1 layout. Public for fuzzing the loader (`fuzz/`).
+#[doc(hidden)]
+pub fn decode(path: &Path, bytes: &[u8]) -> Result<State, StateError> {
     let corrupt = |source| StateError::Corrupt {
         path: path.to_path_buf(),
         source,

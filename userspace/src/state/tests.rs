@@ -415,7 +415,7 @@ async fn a_new_state_dir_is_created_0700_and_the_state_file_written_0600() {
 }
 
 #[test]
-fn an_open_state_dir_state_file_and_leftover_are_narrowed() {
+fn an_open_state_dir_and_state_file_are_narrowed_and_a_leftover_removed() {
     let d = dir();
     std::fs::create_dir_all(&d.0).unwrap();
     chmod(&d.0, 0o2755);
@@ -430,7 +430,7 @@ fn an_open_state_dir_state_file_and_leftover_are_narrowed() {
     let store = Store::new(&d.0).unwrap();
     assert_eq!(mode(&d.0), 0o700);
     assert_eq!(mode(&file), 0o600);
-    assert_eq!(mode(&leftover), 0o600);
+    assert!(!leftover.exists(), "the leftover temporary file is removed");
     assert_eq!(store.load().unwrap(), State::default());
 }
 
@@ -458,5 +458,242 @@ fn a_state_dir_that_is_a_file_is_an_error_naming_it() {
     assert!(
         err.to_string().contains(&*not_dir.to_string_lossy()),
         "{err}"
+    );
+}
+
+/// Set in the environment of the child of
+/// [`a_kill_at_any_point_of_a_write_leaves_the_old_or_the_new_state`]: its
+/// state directory.
+const KILL_CHILD_DIR: &str = "LANLINK_STATE_KILL_CHILD_DIR";
+/// The first generation the child writes.
+const KILL_CHILD_FROM: &str = "LANLINK_STATE_KILL_CHILD_FROM";
+/// Endpoints in a generation: a state of a busy node (~250 KiB of JSON), and
+/// a size that changes from one generation to the next, so a file mixing two
+/// would show in its length too.
+fn generation(g: u64) -> State {
+    let mut st = State::default();
+    for i in 0..(200 + g % 57) {
+        let mut l = lease();
+        l.obtained_at_unix = g;
+        let ep = endpoint(&format!("c{i:04}"), Some(l));
+        st.endpoints.insert(ep.key(), ep);
+    }
+    st
+}
+
+/// The generation a loaded state is, if it is one whole.
+fn generation_of(st: &State) -> Option<u64> {
+    let g = st
+        .endpoints
+        .values()
+        .next()?
+        .lease
+        .as_ref()?
+        .obtained_at_unix;
+    (*st == generation(g)).then_some(g)
+}
+
+/// The child side of
+/// [`a_kill_at_any_point_of_a_write_leaves_the_old_or_the_new_state`]
+/// (that test runs this binary again with only this test and
+/// [`KILL_CHILD_DIR`] set): writes generation after generation through the
+/// agent's writer, printing each one once its write returned, until killed.
+/// Without the variable (a normal test run) it does nothing.
+#[test]
+fn state_writer_kill_child() {
+    let Some(dir) = std::env::var_os(KILL_CHILD_DIR) else {
+        return;
+    };
+    use std::io::Write as _;
+    let from: u64 = std::env::var(KILL_CHILD_FROM).unwrap().parse().unwrap();
+    let store = Store::new(Path::new(&dir)).unwrap();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "ready").unwrap();
+    out.flush().unwrap();
+    for g in from.. {
+        store.submit(generation(g)).wait_blocking().unwrap();
+        writeln!(out, "{g}").unwrap();
+        out.flush().unwrap();
+    }
+}
+
+/// A real process writing the state in a loop, SIGKILLed 200 times at
+/// random points of its writes: after each kill the state loads, and it is
+/// the last generation the process saw written or the one it was writing —
+/// never an error, never a mix. A kill that left the writer's temporary
+/// file behind (the positive control that kills land inside writes) has it
+/// removed by the next start, and the state is still whole.
+#[test]
+fn a_kill_at_any_point_of_a_write_leaves_the_old_or_the_new_state() {
+    use std::io::{BufRead as _, BufReader, Read as _};
+    use std::process::{Command, Stdio};
+    // At least KILLS kills; more (up to MAX_KILLS) until both positive
+    // controls were seen MIN_SEEN times: on a loaded machine fewer kills
+    // land inside a write, and the check must not depend on the load.
+    const KILLS: usize = 200;
+    const MAX_KILLS: usize = 1_000;
+    const MIN_SEEN: usize = 10;
+    let d = dir();
+    std::fs::create_dir_all(&d.0).unwrap();
+    let exe = std::env::current_exe().unwrap();
+    let mut last: Option<u64> = None;
+    let (mut leftovers, mut mid_write) = (0, 0);
+    let mut kills = 0;
+    for kill in 0..MAX_KILLS {
+        if kill >= KILLS && leftovers >= MIN_SEEN && mid_write >= MIN_SEEN {
+            break;
+        }
+        kills += 1;
+        let from = last.map_or(1, |g| g + 1);
+        let mut child = Command::new(&exe)
+            .args([
+                "--exact",
+                "state::tests::state_writer_kill_child",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(KILL_CHILD_DIR, &d.0)
+            .env(KILL_CHILD_FROM, from.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        // Past the start (libtest's own lines first): kill inside the loop.
+        let mut line = String::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        // (libtest's "test … ... " has no newline before the test runs.)
+        while !line.trim_end().ends_with("ready") {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "child ended");
+            assert!(std::time::Instant::now() < deadline, "child never ready");
+        }
+        // 0 to 60 ms: from before the first write to a few writes in (a
+        // write of this state, serialising and fsyncs, takes 10-30 ms here).
+        std::thread::sleep(std::time::Duration::from_micros(
+            rand::random::<u64>() % 60_000,
+        ));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "the child was killed");
+        let mut rest = String::new();
+        out.read_to_string(&mut rest).unwrap();
+        let printed = rest
+            .lines()
+            .filter_map(|l| l.trim().parse::<u64>().ok())
+            .max();
+        let done = printed.or(last);
+
+        let tmp = writer::temp_path(&d.0.join(crate::paths::STATE_FILE));
+        let left = tmp.exists();
+        // A start: the leftover goes, the state loads whole.
+        let store = Store::new(&d.0).unwrap();
+        assert!(
+            !tmp.exists(),
+            "kill {kill}: the leftover temporary file is removed"
+        );
+        let st = store
+            .load()
+            .unwrap_or_else(|e| panic!("kill {kill}: {e:#}"));
+        drop(store);
+        let g = if st.endpoints.is_empty() && done.is_none() {
+            None
+        } else {
+            Some(generation_of(&st).unwrap_or_else(|| panic!("kill {kill}: a mixed state")))
+        };
+        // The old (the last one it reported) or the new (the one after).
+        let allowed_new = done.map_or(from, |d| d + 1);
+        assert!(
+            g == done || g == Some(allowed_new),
+            "kill {kill}: loaded generation {g:?}, last written {done:?}"
+        );
+        if left {
+            leftovers += 1;
+        }
+        if g != done {
+            mid_write += 1;
+        }
+        last = g;
+    }
+    // The positive controls: kills landed inside writes (a temporary file
+    // left, or a write done but not yet reported), and writes happened.
+    eprintln!(
+        "{kills} kills: {leftovers} left a temporary file, {mid_write} between the rename \
+         and the report; last generation {last:?}"
+    );
+    assert!(
+        leftovers >= MIN_SEEN,
+        "only {leftovers} of {kills} kills inside a write"
+    );
+    assert!(
+        mid_write >= MIN_SEEN,
+        "only {mid_write} of {kills} kills after a rename"
+    );
+    assert!(last.unwrap_or(0) >= 20, "too few writes: {last:?}");
+}
+
+/// The in-flight ADD records: written, updated with the lease, read back,
+/// removed; a temporary file of an interrupted record write is removed at
+/// read, a record that does not decode is set aside as `*.bad`.
+#[tokio::test]
+async fn in_flight_add_records_round_trip_and_leftovers_are_handled() {
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    assert!(store.adding().unwrap().is_empty(), "no directory: none");
+    let mut rec = Adding {
+        container_id: "c1".into(),
+        ifname: "eth0".into(),
+        netns: "/run/netns/p".into(),
+        host_veth: "ll0123456789ab".into(),
+        mac: [2, 0, 0, 0, 0, 1],
+        lease: None,
+    };
+    store.record_adding(&rec).await.unwrap();
+    assert_eq!(store.adding().unwrap(), [rec.clone()]);
+    rec.lease = Some(lease());
+    store.record_adding(&rec).await.unwrap();
+    assert_eq!(store.adding().unwrap(), [rec.clone()], "updated in place");
+    assert_eq!(
+        mode(&d.0.join(adding::DIR).join("ll0123456789ab.json")),
+        0o600
+    );
+
+    let records = d.0.join(adding::DIR);
+    let tmp = records.join(".ll0123456789ff.tmp-adding");
+    std::fs::write(&tmp, b"{\"contai").unwrap();
+    std::fs::write(records.join("llbad.json"), b"{\"containerId\": 5").unwrap();
+    assert_eq!(store.adding().unwrap(), [rec.clone()]);
+    assert!(!tmp.exists(), "temporary file removed");
+    assert!(
+        records.join("llbad.json.bad").is_file(),
+        "bad record set aside"
+    );
+
+    store.clear_adding(&rec.host_veth).await.unwrap();
+    store.clear_adding(&rec.host_veth).await.unwrap();
+    assert!(store.adding().unwrap().is_empty());
+}
+
+/// A corrupt file is refused with an error that names it and says what to
+/// do, and is left as it was (never moved aside, never replaced by an empty
+/// state that would drop every attachment and its lease).
+#[test]
+fn a_corrupt_state_file_is_left_alone_and_the_error_says_what_to_do() {
+    let d = dir();
+    write_file(
+        &d,
+        "{\"version\": 1, \"endpoints\": {\"c1/eth0\": {\"contai",
+    );
+    let store = Store::new(&d.0).unwrap();
+    let err = store.load().unwrap_err().to_string();
+    assert!(err.contains(crate::paths::STATE_FILE), "{err}");
+    assert!(err.contains("restore the file"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(d.0.join(crate::paths::STATE_FILE)).unwrap(),
+        "{\"version\": 1, \"endpoints\": {\"c1/eth0\": {\"contai"
     );
 }

@@ -146,6 +146,30 @@ impl Shared {
     }
 
     /// Builds and sends one message of `tx`'s transaction.
+    /// [`Self::transmit`] for a message that is retransmitted anyway
+    /// (DISCOVER, REQUEST, DECLINE): a failed send is logged and counted
+    /// like a lost frame, and the exchange goes on to its next
+    /// retransmission instead of failing the whole ADD or renewal. A link
+    /// that just came back (carrier not yet up, a queue still stopped)
+    /// refuses the first frames after a flap. Other errors (a message that
+    /// cannot be built) still fail.
+    pub(super) async fn transmit_lossy(
+        &self,
+        id: &ClientIdentity<'_>,
+        tx: &Transaction<'_>,
+        start: Instant,
+        kind: Outgoing,
+        addrs: &FrameAddrs,
+    ) -> Result<(), DhcpError> {
+        match self.transmit(id, tx, start, kind, addrs).await {
+            Err(e @ DhcpError::Send { .. }) => {
+                warn!(uplink = %self.uplink, error = %format!("{e:#}"), "dhcp send failed; retransmitting");
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
     pub(super) async fn transmit(
         &self,
         id: &ClientIdentity<'_>,

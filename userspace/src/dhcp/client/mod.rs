@@ -38,6 +38,12 @@ use exchange::{Handle, Prober, Shared, receive_loop};
 use stats::{Counters, bump};
 pub use stats::{DhcpEvents, DhcpStats};
 
+/// How many times a DHCPRELEASE whose send fails is tried.
+const RELEASE_TRIES: u32 = 5;
+
+/// The pause between those tries.
+const RELEASE_RETRY: Duration = Duration::from_millis(300);
+
 /// What to ask the LAN's DHCP server for, for one pod interface.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LeaseRequest {
@@ -55,6 +61,40 @@ pub struct LeaseRequest {
     /// ARP-probe the acknowledged address before using it and decline it
     /// when another host answers (RFC 2131 4.4.1); `None` skips the probe.
     pub arp_probe: Option<ArpProbe>,
+    /// Told, and awaited, before the first REQUEST for an offered address.
+    pub on_request: OnRequest,
+}
+
+/// The lease a REQUEST is about to ask for, as far as the OFFER tells it
+/// (address, server, the server's MAC; no timers), handed to a hook before
+/// the REQUEST leaves: from then on the server may bind the address, so a
+/// caller that can die before the ACK is processed (SIGKILL during the ARP
+/// probe) records it, and whoever cleans up after it releases it.
+pub type RequestHook =
+    dyn Fn(Lease) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync;
+
+/// An optional [`RequestHook`].
+#[derive(Clone, Default)]
+pub struct OnRequest(pub Option<std::sync::Arc<RequestHook>>);
+
+impl PartialEq for OnRequest {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.0, &other.0) {
+            (None, None) => true,
+            (Some(a), Some(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl std::fmt::Debug for OnRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "OnRequest(hook)"
+        } else {
+            "OnRequest(none)"
+        })
+    }
 }
 
 /// Tunables of the client; [`Default`] suits a LAN.
@@ -210,7 +250,7 @@ impl DhcpClient {
                     break 'restart;
                 }
                 shared
-                    .transmit(&id, &tx, start, Outgoing::Discover, &broadcast)
+                    .transmit_lossy(&id, &tx, start, Outgoing::Discover, &broadcast)
                     .await?;
                 progress.discovers += 1;
                 let until = deadline.min(Instant::now() + shared.retransmit_interval(attempt));
@@ -233,7 +273,29 @@ impl DhcpClient {
             progress.server = Some(server_id);
             debug!(mac = %Mac(req.mac), %requested, %server_id, "offer received");
 
-            // REQUESTING.
+            // REQUESTING: the caller hears of the address first.
+            if let Some(hook) = &req.on_request.0 {
+                hook(Lease {
+                    mac: req.mac,
+                    client_id: req.client_id.clone(),
+                    hostname: req.hostname.clone(),
+                    address: requested,
+                    prefix_len: 32,
+                    server_id,
+                    server_mac: offer.src_mac,
+                    router: None,
+                    classless_routes: Vec::new(),
+                    dns: Vec::new(),
+                    domain: None,
+                    search: Vec::new(),
+                    mtu: None,
+                    lease_secs: 0,
+                    t1_secs: 0,
+                    t2_secs: 0,
+                    obtained_at_unix: unix_now(),
+                })
+                .await;
+            }
             let kind = Outgoing::RequestSelecting {
                 requested,
                 server_id,
@@ -243,7 +305,9 @@ impl DhcpClient {
                     break 'restart;
                 }
                 let requested_at = unix_now();
-                shared.transmit(&id, &tx, start, kind, &broadcast).await?;
+                shared
+                    .transmit_lossy(&id, &tx, start, kind, &broadcast)
+                    .await?;
                 let until =
                     deadline.min(Instant::now() + shared.retransmit_interval(attempt as usize));
                 while let Some(msg) = tx.next_until(until).await {
@@ -274,7 +338,7 @@ impl DhcpClient {
                                             server_id,
                                         };
                                         shared
-                                            .transmit(&id, &tx, start, decline, &broadcast)
+                                            .transmit_lossy(&id, &tx, start, decline, &broadcast)
                                             .await?;
                                         bump(&shared.counters.declined);
                                         progress.declined.push(lease.address);
@@ -404,7 +468,7 @@ impl DhcpClient {
         };
         while Instant::now() < deadline {
             let requested_at = unix_now();
-            shared.transmit(&id, &tx, start, kind, &addrs).await?;
+            shared.transmit_lossy(&id, &tx, start, kind, &addrs).await?;
             sent += 1;
             let until = deadline.min(Instant::now() + shared.retransmit_interval(attempt));
             attempt += 1;
@@ -502,9 +566,23 @@ impl DhcpClient {
         };
         // No reply comes, but a registered xid keeps it unique.
         let tx = shared.begin(lease.mac);
-        shared
-            .transmit(&id, &tx, Instant::now(), kind, &addrs)
-            .await?;
+        // A RELEASE is sent once and never answered: a send refused right
+        // after an uplink flap would lose it, so it is tried a few times.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match shared
+                .transmit(&id, &tx, Instant::now(), kind, &addrs)
+                .await
+            {
+                Ok(()) => break,
+                Err(e @ DhcpError::Send { .. }) if tries < RELEASE_TRIES => {
+                    warn!(uplink = %shared.uplink, error = %format!("{e:#}"), "dhcp release send failed; trying again");
+                    tokio::time::sleep(RELEASE_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         bump(&shared.counters.released);
         info!(uplink = %shared.uplink, mac = %Mac(lease.mac), address = %lease.address, server = %lease.server_id, "dhcp lease released");
         Ok(())

@@ -189,6 +189,7 @@ fn request(last: u8) -> LeaseRequest {
         hostname: Some(format!("pod-{last}")),
         timeout: Duration::from_secs(5),
         send_options: vec![(60, b"lanlink".to_vec())],
+        on_request: Default::default(),
         arp_probe: Some(ArpProbe::default()),
     }
 }
@@ -423,6 +424,7 @@ async fn an_address_in_use_is_declined_and_another_acquired() {
 async fn without_a_probe_the_acknowledged_address_is_used_as_is() {
     let (first, client, server, seen) = first_offer_taken();
     let req = LeaseRequest {
+        on_request: Default::default(),
         arp_probe: None,
         ..request(5)
     };
