@@ -80,7 +80,7 @@ pub const SHIM: &str = "/usr/bin/containerd-shim-runc-v2";
 /// runc (Debian's `runc`).
 pub const RUNC: &str = "/usr/sbin/runc";
 /// The static busybox the image is made of (`busybox-static`).
-pub const BUSYBOX: &str = "/bin/busybox";
+pub use crate::podman::BUSYBOX;
 /// The reference `loopback` plugin: containerd's CRI brings up each
 /// sandbox's `lo` with it (`containernetworking-plugins`).
 pub const LOOPBACK: &str = "/usr/lib/cni/loopback";
@@ -115,11 +115,6 @@ const CGROUP_FILE: &str = "cgroup-root";
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The role of the temp dir in its name (`ll-<pid>-<n>-containerd.XXXXXX`).
 const DIR_ROLE: &str = "containerd";
-
-/// Busybox applets linked into the image's `/bin`.
-const APPLETS: &[&str] = &[
-    "sh", "ip", "ping", "cat", "sleep", "echo", "ls", "hostname", "true",
-];
 
 /// Bound of the CRI calls that do real work (RunPodSandbox waits for the
 /// CNI ADD, which waits for a DHCP lease).
@@ -1035,16 +1030,7 @@ disabled_plugins = [
 /// Returns the archive's path.
 fn build_image(dir: &Path) -> Result<PathBuf> {
     let rootfs = dir.join("rootfs");
-    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "root"] {
-        std::fs::create_dir_all(rootfs.join(sub))?;
-    }
-    std::fs::copy(BUSYBOX, rootfs.join("bin/busybox"))
-        .with_context(|| format!("cannot copy {BUSYBOX} (busybox-static)"))?;
-    for applet in APPLETS {
-        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet))?;
-    }
-    std::fs::write(rootfs.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(rootfs.join("etc/group"), "root:x:0:\n")?;
+    crate::podman::build_rootfs(&rootfs)?;
     let layer = dir.join("layer.tar");
     cmd::run_ok(
         Command::new("tar")

@@ -87,41 +87,33 @@ pub struct KeaLease {
 /// Parses Kea's memfile CSV (header line first; columns found by name, so
 /// versions that add columns parse too). Rows that do not parse are skipped.
 pub fn parse_kea_leases(text: &str) -> Vec<KeaLease> {
+    memfile_rows(text)
+        .iter()
+        .filter_map(|r| {
+            Some(KeaLease {
+                ip: r.get("address")?.parse().ok()?,
+                hwaddr: r.get("hwaddr")?.to_ascii_lowercase(),
+                client_id: r.get("client_id")?.to_ascii_lowercase(),
+                valid_lifetime: r.get("valid_lifetime")?.parse().ok()?,
+                expire: r.get("expire")?.parse().ok()?,
+                hostname: r.get("hostname").map(|s| s.to_string()).unwrap_or_default(),
+                state: r.get("state").and_then(|s| s.parse().ok()).unwrap_or(0),
+            })
+        })
+        .collect()
+}
+
+/// The rows of a Kea memfile CSV (DHCPv4 or DHCPv6), each as column name →
+/// field, the columns named by the header line (so versions that add
+/// columns parse too).
+pub(crate) fn memfile_rows(text: &str) -> Vec<std::collections::HashMap<&str, &str>> {
     let mut lines = text.lines();
     let Some(header) = lines.next() else {
         return Vec::new();
     };
     let cols: Vec<&str> = header.split(',').collect();
-    let col = |name: &str| cols.iter().position(|c| *c == name);
-    let (Some(addr), Some(hw), Some(cid), Some(valid), Some(expire)) = (
-        col("address"),
-        col("hwaddr"),
-        col("client_id"),
-        col("valid_lifetime"),
-        col("expire"),
-    ) else {
-        return Vec::new();
-    };
-    let (host, state) = (col("hostname"), col("state"));
     lines
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
-            Some(KeaLease {
-                ip: f.get(addr)?.parse().ok()?,
-                hwaddr: f.get(hw)?.to_ascii_lowercase(),
-                client_id: f.get(cid)?.to_ascii_lowercase(),
-                valid_lifetime: f.get(valid)?.parse().ok()?,
-                expire: f.get(expire)?.parse().ok()?,
-                hostname: host
-                    .and_then(|i| f.get(i))
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
-                state: state
-                    .and_then(|i| f.get(i))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
-            })
-        })
+        .map(|line| cols.iter().copied().zip(line.split(',')).collect())
         .collect()
 }
 

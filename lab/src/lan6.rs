@@ -428,39 +428,17 @@ pub struct Kea6Lease {
 
 /// Parses Kea's DHCPv6 memfile CSV (columns found by name from the header).
 pub fn parse_kea6_leases(text: &str) -> Vec<Kea6Lease> {
-    let mut lines = text.lines();
-    let Some(header) = lines.next() else {
-        return Vec::new();
-    };
-    let cols: Vec<&str> = header.split(',').collect();
-    let col = |name: &str| cols.iter().position(|c| *c == name);
-    let (Some(addr), Some(duid), Some(iaid), Some(valid), Some(expire)) = (
-        col("address"),
-        col("duid"),
-        col("iaid"),
-        col("valid_lifetime"),
-        col("expire"),
-    ) else {
-        return Vec::new();
-    };
-    let (host, state) = (col("hostname"), col("state"));
-    lines
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(',').collect();
+    crate::kea::memfile_rows(text)
+        .iter()
+        .filter_map(|r| {
             Some(Kea6Lease {
-                ip: f.get(addr)?.parse().ok()?,
-                duid: f.get(duid)?.to_ascii_lowercase(),
-                iaid: f.get(iaid)?.parse().ok()?,
-                valid_lifetime: f.get(valid)?.parse().ok()?,
-                expire: f.get(expire)?.parse().ok()?,
-                hostname: host
-                    .and_then(|i| f.get(i))
-                    .map(|s| s.to_string())
-                    .unwrap_or_default(),
-                state: state
-                    .and_then(|i| f.get(i))
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(0),
+                ip: r.get("address")?.parse().ok()?,
+                duid: r.get("duid")?.to_ascii_lowercase(),
+                iaid: r.get("iaid")?.parse().ok()?,
+                valid_lifetime: r.get("valid_lifetime")?.parse().ok()?,
+                expire: r.get("expire")?.parse().ok()?,
+                hostname: r.get("hostname").map(|s| s.to_string()).unwrap_or_default(),
+                state: r.get("state").and_then(|s| s.parse().ok()).unwrap_or(0),
             })
         })
         .collect()

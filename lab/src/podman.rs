@@ -38,7 +38,8 @@ pub const BUSYBOX: &str = "/bin/busybox";
 
 /// Busybox applets linked into the image's `/bin`.
 const APPLETS: &[&str] = &[
-    "sh", "ip", "ping", "cat", "sleep", "echo", "ls", "mkdir", "ifconfig", "route", "true",
+    "sh", "ip", "ping", "cat", "sleep", "echo", "ls", "mkdir", "ifconfig", "route", "hostname",
+    "true",
 ];
 
 /// Where the cgroup hierarchies are (v1: one per controller below it).
@@ -317,8 +318,9 @@ pub fn cgroup_dirs(name: &str) -> Result<Vec<PathBuf>> {
 }
 
 /// A directory image: `/bin/busybox` (static) and links to its applets,
-/// plus the directories runc mounts onto.
-fn build_rootfs(rootfs: &Path) -> Result<()> {
+/// plus the directories runc mounts onto. The podman containers' rootfs and
+/// the CRI scenario's image layer (`cri.rs`).
+pub(crate) fn build_rootfs(rootfs: &Path) -> Result<()> {
     for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "run", "root"] {
         std::fs::create_dir_all(rootfs.join(sub))?;
     }

@@ -46,7 +46,6 @@ impl<K: Kernel> Agent<K> {
     /// before the API serves. Never fails start: problems are logged.
     pub(crate) async fn drain_del_queue(self: &Arc<Self>, dir: &Path) -> Drained {
         let queue = DelQueue::new(dir);
-        let mut drained = Drained::default();
         // Made here so the plugin finds it (it creates it only inside an
         // existing state directory).
         let q = queue.clone();
@@ -55,7 +54,15 @@ impl<K: Kernel> Agent<K> {
             Ok(Err(e)) => warn!(error = %e, "cannot create the deletion queue"),
             Err(e) => warn!(error = %e, "cannot create the deletion queue"),
         }
-        let contents = match read(&queue).await {
+        self.run_del_queue(&queue).await
+    }
+
+    /// Runs the entries of `queue` once (the directory exists, or there is
+    /// nothing to run).
+    async fn run_del_queue(self: &Arc<Self>, queue: &DelQueue) -> Drained {
+        let dir = queue.dir();
+        let mut drained = Drained::default();
+        let contents = match read(queue).await {
             Ok(c) => c,
             Err(e) => {
                 warn!(dir = %dir.display(), error = %e, "cannot read the deletion queue");
@@ -98,6 +105,7 @@ impl<K: Kernel> Agent<K> {
     /// no socket then), and queued DELs that failed, so none waits for the
     /// next start. Ends at shutdown.
     pub(crate) async fn redrain_del_queue(self: Arc<Self>, dir: std::path::PathBuf) {
+        let queue = DelQueue::new(&dir);
         let mut tick = tokio::time::interval(REDRAIN_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // The first tick is immediate: the drain at start just ran.
@@ -107,7 +115,7 @@ impl<K: Kernel> Agent<K> {
                 _ = tick.tick() => {}
                 _ = self.shutdown.cancelled() => return,
             }
-            let drained = self.drain_del_queue(&dir).await;
+            let drained = self.run_del_queue(&queue).await;
             if drained != Drained::default() {
                 info!(
                     dir = %dir.display(),
@@ -173,6 +181,30 @@ mod tests {
             .collect();
         assert_eq!(eps, ["c2"], "c2 re-adopted, c1 gone");
         assert!(DelQueue::new(&dir).read().unwrap().entries.is_empty());
+    }
+
+    /// A DEL queued while the agent runs (the plugin found no socket
+    /// between the agent's drain at start and its bind) is done by the
+    /// running agent within a redrain period, not at the next start.
+    #[tokio::test]
+    async fn a_del_queued_while_the_agent_runs_is_done_without_a_restart() {
+        let t = TestAgent::start().await;
+        t.agent.add(request("c1", "web")).await.unwrap();
+        let dir = queue_dir(&t);
+        DelQueue::new(&dir).create().unwrap();
+        let task = tokio::spawn(Arc::clone(&t.agent).redrain_del_queue(dir.clone()));
+        DelQueue::new(&dir).push(&request("c1", "web")).unwrap();
+        // Positive control: queued, and the attachment still there.
+        assert_eq!(DelQueue::new(&dir).read().unwrap().entries.len(), 1);
+        assert_eq!(t.agent.endpoints().len(), 1);
+        let deadline = tokio::time::Instant::now() + REDRAIN_EVERY * 3;
+        while !t.agent.endpoints().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        assert!(t.agent.endpoints().is_empty(), "the queued DEL was not run");
+        assert_eq!(t.world().calls_of(&["release"]).len(), 1, "lease released");
+        assert!(DelQueue::new(&dir).read().unwrap().entries.is_empty());
+        task.abort();
     }
 
     #[tokio::test]

@@ -484,3 +484,35 @@ fn client_is_send_sync_and_new_needs_a_runtime() {
         Err(DhcpError::NoRuntime { .. })
     ));
 }
+
+/// The hook hears of the offered address before the REQUEST leaves (what
+/// the ADD records, so a crash before the ACK is handled still releases
+/// it), once per REQUEST of a new offer: the NAK makes a second one.
+#[tokio::test]
+async fn the_request_hook_runs_before_each_request_with_the_offer() {
+    let (client, server, seen) = test_client(Behaviour {
+        naks: AtomicUsize::new(1),
+        ..Behaviour::default()
+    });
+    let heard = Arc::new(Mutex::new(Vec::<(Ipv4Addr, usize)>::new()));
+    let mut req = request(8);
+    let (h, s) = (Arc::clone(&heard), Arc::clone(&seen));
+    req.on_request = super::OnRequest(Some(Arc::new(move |lease: Lease| {
+        // How many messages the server had seen when the hook ran.
+        h.lock()
+            .unwrap()
+            .push((lease.address, s.lock().unwrap().len()));
+        Box::pin(async {})
+    })));
+    let lease = client.acquire(&req).await.unwrap();
+    let heard = heard.lock().unwrap().clone();
+    let types = message_types(&seen);
+    assert_eq!(heard.len(), 2, "once per offer: {heard:?}");
+    for (address, seen_before) in &heard {
+        assert_eq!(*address, lease.address);
+        // DISCOVER seen, its REQUEST not yet.
+        assert_eq!(types[*seen_before - 1], MessageType::Discover, "{types:?}");
+        assert_eq!(types[*seen_before], MessageType::Request, "{types:?}");
+    }
+    server.abort();
+}
