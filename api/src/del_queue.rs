@@ -331,6 +331,8 @@ mod tests {
                 dhcp: None,
                 mtu: None,
                 port_security: Default::default(),
+                ipv6: Default::default(),
+                ipv6_iid: Default::default(),
             },
         }
     }

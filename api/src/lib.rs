@@ -24,8 +24,8 @@ pub use newtypes::{
 pub use types::{
     AddressError, ApiError, AttachmentConfig, AttachmentId, AttachmentRequest, AttachmentResult,
     DhcpConfig, DhcpEvents, DhcpStats, Dns, EndpointInfo, FlowRow, GcRequest, GcResponse, Identity,
-    Interface, IpConfig, LeaseInfo, Mode, PodIdentity, PortSecurity, Route, StatsRow,
-    StatusResponse, result_ip,
+    Interface, IpConfig, Ipv6Iid, Ipv6Mode, LeaseInfo, Mode, PodIdentity, PortSecurity, Route,
+    StatsRow, StatusResponse, result_ip,
 };
 
 /// Default path of the agent's socket.

@@ -35,6 +35,38 @@ pub enum Identity {
     Random,
 }
 
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// Whether and how a pod gets IPv6 addresses from the LAN (netconf `ipv6`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// Nothing: the pod's own kernel does what it likes with the LAN's
+    /// router advertisements, and the result is IPv4-only.
+    Off,
+    /// An address in the LAN's autonomous prefix, chosen by the agent.
+    Slaac,
+    /// An address leased with DHCPv6 (IA_NA) on the pod's behalf.
+    Dhcpv6,
+    /// Follow the router advertisements: DHCPv6 when their M flag is set,
+    /// SLAAC when a prefix is autonomous, nothing on a LAN without RAs.
+    #[default]
+    Auto,
+}
+
+/// How the interface identifier of a SLAAC address is made (netconf `ipv6Iid`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ipv6Iid {
+    /// Modified EUI-64 of the pod's (stable) MAC (RFC 4291).
+    #[default]
+    Eui64,
+    /// RFC 7217 stable-private from the prefix and the pod's identity.
+    StablePrivacy,
+}
+
 /// Who the pod is, from `CNI_ARGS` (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, ...).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodIdentity {
@@ -226,6 +258,13 @@ pub struct AttachmentConfig {
     /// First-hop security switches.
     #[serde(default, skip_serializing_if = "PortSecurity::is_default")]
     pub port_security: PortSecurity,
+    /// IPv6 addressing (netconf `ipv6`); left out when `auto`, so an
+    /// IPv4-era request (and del-queue entry) reads the same.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipv6: Ipv6Mode,
+    /// SLAAC interface identifiers (netconf `ipv6Iid`); left out when `eui64`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipv6_iid: Ipv6Iid,
 }
 
 /// Body of `POST /v1/cni/{add,del,check}`.
@@ -394,6 +433,12 @@ pub struct EndpointInfo {
     /// Pod IPv4 with prefix, if it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+    /// The IPv6 address the agent gave the pod (`2001:…/128`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<String>,
+    /// How: `slaac` or `dhcpv6`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6_source: Option<String>,
     /// Primary or secondary.
     pub mode: Mode,
     /// Its first-hop security switches.

@@ -37,12 +37,24 @@
 //!     "broadcastPps": 1000,             // broadcast+multicast frames/s; 0 = unlimited
 //!     "broadcastBurst": 2000            // 1..=1000000 when broadcastPps is set
 //!   },
+//!   "ipv6": "auto",                     // "off", "slaac", "dhcpv6" or "auto" (default)
+//!   "ipv6Iid": "eui64",                 // SLAAC interface identifiers: "eui64" (default)
+//!                                   // or "stable-privacy" (RFC 7217)
 //!   "disableCheck": false               // CHECK succeeds without asking the agent
 //! }
 //! ```
 //!
+//! `ipv6` says how the agent gives the pod IPv6 addresses from the LAN, which
+//! the result then carries next to the IPv4 lease: `slaac` an address in the
+//! router advertisements' autonomous prefix, `dhcpv6` a lease (IA_NA) taken on
+//! the pod's behalf, `auto` whichever the advertisements' flags ask for
+//! (nothing on a LAN without them), `off` none (an IPv4-only result).
+//!
 //! `{"ipam": {"type": "none"}}` means the pod runs its own DHCP client (a VM in
-//! a pod): the agent leases nothing and the result has no address. The runtime
+//! a pod): the agent leases nothing and the result has no address. Its own
+//! clients do IPv6 too, so `ipv6` is then `off` (`auto`, the default, means
+//! `off`), and `slaac` or `dhcpv6`, which ask the agent to address the pod, are
+//! refused rather than silently ignored. The runtime
 //! adds `prevResult` (chaining, see [`crate::result`]), `runtimeConfig`, `args`
 //! and, for GC, `cni.dev/valid-attachments`; `capabilities` is ignored.
 
@@ -57,7 +69,7 @@ use serde_json::{Map, Value};
 use crate::result::PrevResult;
 use lanlink_api::{
     AttachmentConfig, AttachmentId, AttachmentRequest, DhcpConfig, DhcpOption, Identity, Ipv4Cidr,
-    Mode, PodIdentity, PortSecurity,
+    Ipv6Iid, Ipv6Mode, Mode, PodIdentity, PortSecurity,
 };
 
 /// The `type` every lanlink netconf carries.
@@ -226,6 +238,11 @@ pub struct NetConf {
     pub mtu: Option<u32>,
     /// `portSecurity`.
     pub port_security: PortSecurity,
+    /// `ipv6`, as the agent is to apply it: with `ipam.type` none, `off`
+    /// whatever was written (`auto` or `off`, the only values accepted then).
+    pub ipv6: Ipv6Mode,
+    /// `ipv6Iid`.
+    pub ipv6_iid: Ipv6Iid,
     /// `disableCheck`.
     pub disable_check: bool,
     /// `prevResult`, when lanlink is not first in a chain (or on CHECK).
@@ -334,6 +351,18 @@ impl NetConf {
 
         let port_security = optional::<PortSecurity>(obj, "", "portSecurity")?.unwrap_or_default();
 
+        let ipv6 = parse_ipv6(obj, &ipam)?;
+        let ipv6_iid = match optional::<String>(obj, "", "ipv6Iid")?.as_deref() {
+            None | Some("eui64") => Ipv6Iid::Eui64,
+            Some("stable-privacy") => Ipv6Iid::StablePrivacy,
+            Some(other) => {
+                return Err(NetConfError::invalid(
+                    "ipv6Iid",
+                    format!("expected \"eui64\" or \"stable-privacy\", got {other:?}"),
+                ));
+            }
+        };
+
         let disable_check = optional::<bool>(obj, "", "disableCheck")?.unwrap_or(false);
 
         let prev_result = match obj.get("prevResult") {
@@ -354,6 +383,8 @@ impl NetConf {
             ipam,
             mtu,
             port_security,
+            ipv6,
+            ipv6_iid,
             disable_check,
             prev_result,
             valid_attachments,
@@ -375,6 +406,8 @@ impl NetConf {
             },
             mtu: self.mtu,
             port_security: self.port_security,
+            ipv6: self.ipv6,
+            ipv6_iid: self.ipv6_iid,
         }
     }
 
@@ -564,6 +597,37 @@ fn parse_ipam(ipam: &Map<String, Value>) -> Result<Ipam, NetConfError> {
             .collect::<Result<_, _>>()?;
     }
     Ok(Ipam::Dhcp(dhcp))
+}
+
+/// `ipv6`, checked against `ipam`: with `ipam.type` none the pod runs its
+/// own clients, so the agent addresses nothing (`auto` becomes `off`), and a
+/// mode that asks it to is refused, not dropped without a word.
+fn parse_ipv6(obj: &Map<String, Value>, ipam: &Ipam) -> Result<Ipv6Mode, NetConfError> {
+    let written = optional::<String>(obj, "", "ipv6")?;
+    let mode = match written.as_deref() {
+        None | Some("auto") => Ipv6Mode::Auto,
+        Some("off") => Ipv6Mode::Off,
+        Some("slaac") => Ipv6Mode::Slaac,
+        Some("dhcpv6") => Ipv6Mode::Dhcpv6,
+        Some(other) => {
+            return Err(NetConfError::invalid(
+                "ipv6",
+                format!("expected \"off\", \"slaac\", \"dhcpv6\" or \"auto\", got {other:?}"),
+            ));
+        }
+    };
+    match (ipam, mode) {
+        (Ipam::Dhcp(_), mode) => Ok(mode),
+        (Ipam::None, Ipv6Mode::Off | Ipv6Mode::Auto) => Ok(Ipv6Mode::Off),
+        (Ipam::None, Ipv6Mode::Slaac | Ipv6Mode::Dhcpv6) => Err(NetConfError::invalid(
+            "ipv6",
+            format!(
+                "{:?} has the agent address the pod, but with ipam.type \"none\" the pod \
+                 runs its own clients; use \"off\" or \"auto\" (or leave it out)",
+                written.unwrap_or_default()
+            ),
+        )),
+    }
 }
 
 /// One `ipam.sendOptions[i]`: `{"code", "value"}`, checked by [`DhcpOption`];
@@ -858,6 +922,8 @@ mod tests {
                     broadcast_pps: 1000,
                     broadcast_burst: 2000,
                 },
+                ipv6: Ipv6Mode::Auto,
+                ipv6_iid: Ipv6Iid::Eui64,
             }
         );
     }
@@ -876,6 +942,8 @@ mod tests {
             "ipam": {"type": "lanlink-dhcp", "timeoutMs": 2500, "arpProbeMs": 0, "identity": "random",
                      "sendOptions": [{"code": 60, "value": "lanlink"}, {"code": 77, "value": "0x0a0B"}]},
             "portSecurity": {"dhcpServer": true, "routerAdvertisements": true, "broadcastPps": 0},
+            "ipv6": "dhcpv6",
+            "ipv6Iid": "stable-privacy",
             "disableCheck": true,
             "capabilities": {"mac": true},
             "runtimeConfig": {"mac": "aa:bb:cc:dd:ee:ff"},
@@ -915,6 +983,8 @@ mod tests {
                     broadcast_pps: 0,
                     broadcast_burst: 2000,
                 },
+                ipv6: Ipv6Mode::Dhcpv6,
+                ipv6_iid: Ipv6Iid::StablePrivacy,
             }
         );
     }
@@ -934,6 +1004,125 @@ mod tests {
         assert!(reason.contains("\"bridge\""), "{reason}");
         let (field, _) = invalid_field(parse(with("mode", json!(1))));
         assert_eq!(field, "mode");
+    }
+
+    #[test]
+    fn every_ipv6_mode() {
+        for (written, mode) in [
+            ("off", Ipv6Mode::Off),
+            ("slaac", Ipv6Mode::Slaac),
+            ("dhcpv6", Ipv6Mode::Dhcpv6),
+            ("auto", Ipv6Mode::Auto),
+        ] {
+            let conf = parse(with("ipv6", json!(written))).unwrap();
+            assert_eq!(conf.ipv6, mode, "{written}");
+            assert_eq!(conf.attachment_config().ipv6, mode, "{written}");
+            // The netconf spells each mode as the agent's API does.
+            assert_eq!(serde_json::to_value(mode).unwrap(), json!(written));
+        }
+        assert_eq!(parse(minimal()).unwrap().ipv6, Ipv6Mode::Auto);
+        assert_eq!(
+            parse(with("ipv6", Value::Null)).unwrap().ipv6,
+            Ipv6Mode::Auto
+        );
+        // Secondary attachments get IPv6 too (the prefix on-link).
+        let secondary = json!({"cniVersion": "1.1.0", "name": "lan", "type": "lanlink",
+                               "mode": "secondary", "ipv6": "slaac"});
+        assert_eq!(parse(secondary).unwrap().ipv6, Ipv6Mode::Slaac);
+    }
+
+    #[test]
+    fn bad_ipv6_modes_name_the_field_and_the_values() {
+        for bad in ["on", "SLAAC", "dhcp", "stateless", ""] {
+            let err = parse(with("ipv6", json!(bad))).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid netconf: field ipv6: expected \"off\", \"slaac\", \"dhcpv6\" \
+                     or \"auto\", got {bad:?}"
+                )
+            );
+        }
+        for bad in [
+            json!(true),
+            json!(6),
+            json!(["slaac"]),
+            json!({"mode": "slaac"}),
+        ] {
+            let (field, reason) = invalid_field(parse(with("ipv6", bad.clone())));
+            assert_eq!(field, "ipv6", "{bad}");
+            assert!(reason.contains("expected a string"), "{bad}: {reason}");
+        }
+    }
+
+    #[test]
+    fn ipv6_with_ipam_none() {
+        let none = |ipv6: Option<&str>| {
+            let mut v = with("ipam", json!({"type": "none"}));
+            if let Some(ipv6) = ipv6 {
+                v["ipv6"] = json!(ipv6);
+            }
+            parse(v)
+        };
+        // The pod's own clients do IPv6: the agent addresses nothing.
+        for ipv6 in [None, Some("auto"), Some("off")] {
+            let conf = none(ipv6).unwrap();
+            assert_eq!(conf.ipv6, Ipv6Mode::Off, "{ipv6:?}");
+            assert_eq!(conf.attachment_config().ipv6, Ipv6Mode::Off, "{ipv6:?}");
+            assert_eq!(conf.attachment_config().dhcp, None);
+        }
+        for ipv6 in ["slaac", "dhcpv6"] {
+            let err = none(Some(ipv6)).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid netconf: field ipv6: {ipv6:?} has the agent address the pod, but \
+                     with ipam.type \"none\" the pod runs its own clients; use \"off\" or \
+                     \"auto\" (or leave it out)"
+                )
+            );
+        }
+        // A mode that is no mode at all is named as such, ipam none or not.
+        let (field, reason) = invalid_field(none(Some("on")));
+        assert_eq!(field, "ipv6");
+        assert!(reason.starts_with("expected"), "{reason}");
+        // The explicit lanlink-dhcp keeps every mode.
+        let v = json!({"cniVersion": "1.1.0", "name": "lan", "type": "lanlink",
+                       "ipam": {"type": "lanlink-dhcp"}, "ipv6": "dhcpv6"});
+        assert_eq!(parse(v).unwrap().ipv6, Ipv6Mode::Dhcpv6);
+    }
+
+    #[test]
+    fn every_ipv6_iid() {
+        for (written, iid) in [
+            ("eui64", Ipv6Iid::Eui64),
+            ("stable-privacy", Ipv6Iid::StablePrivacy),
+        ] {
+            let conf = parse(with("ipv6Iid", json!(written))).unwrap();
+            assert_eq!(conf.ipv6_iid, iid, "{written}");
+            assert_eq!(conf.attachment_config().ipv6_iid, iid, "{written}");
+            assert_eq!(serde_json::to_value(iid).unwrap(), json!(written));
+        }
+        assert_eq!(parse(minimal()).unwrap().ipv6_iid, Ipv6Iid::Eui64);
+        for bad in [
+            "EUI64",
+            "eui-64",
+            "stable_privacy",
+            "stablePrivacy",
+            "random",
+            "",
+        ] {
+            let err = parse(with("ipv6Iid", json!(bad))).unwrap_err();
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "invalid netconf: field ipv6Iid: expected \"eui64\" or \"stable-privacy\", \
+                     got {bad:?}"
+                )
+            );
+        }
+        let (field, _) = invalid_field(parse(with("ipv6Iid", json!(64))));
+        assert_eq!(field, "ipv6Iid");
     }
 
     #[test]
@@ -1104,6 +1293,8 @@ mod tests {
                 json!({"broadcastPps": 10, "broadcastBurst": 0}),
             ),
             ("portSecurity", json!({"raGuard": false})),
+            ("ipv6", json!(false)),
+            ("ipv6Iid", json!(["eui64"])),
         ] {
             let (field, _) = invalid_field(parse(with(key, value.clone())));
             assert_eq!(field, key, "{value}");

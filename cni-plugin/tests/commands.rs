@@ -20,8 +20,8 @@ use axum::routing::{get, post};
 use lanlink_api::client::{AgentClient, ClientError};
 use lanlink_api::{
     ApiError, AttachmentId, AttachmentRequest, AttachmentResult, DhcpStats, Dns, EndpointInfo,
-    FlowRow, GcRequest, GcResponse, Interface, IpConfig, LeaseInfo, Mac, Mode, PodIdentity, Route,
-    StatsRow, StatusResponse, codes, routes,
+    FlowRow, GcRequest, GcResponse, Interface, IpConfig, Ipv6Iid, Ipv6Mode, LeaseInfo, Mac, Mode,
+    PodIdentity, Route, StatsRow, StatusResponse, codes, routes,
 };
 use lanlink_cni::netconf::CniVersion;
 use serde_json::{Value, json};
@@ -73,8 +73,35 @@ fn temp_dir() -> PathBuf {
 const HOST_MAC: Mac = Mac::new([0xee, 0xee, 0xee, 0, 0, 1]);
 const POD_MAC: Mac = Mac::new([0x02, 0x11, 0x22, 0x33, 0x44, 0x55]);
 
+/// The agent's answer. IPv6 as on a LAN without router advertisements but
+/// with every address to give: `slaac` and `dhcpv6` get one (listed before
+/// the IPv4 lease: the plugin must not rely on the agent's order), `auto`
+/// follows the RAs there are not and gets none.
 fn attachment_result(req: &AttachmentRequest) -> AttachmentResult {
     let with_dhcp = req.config.dhcp.is_some();
+    let mut result = ipv4_result(req, with_dhcp);
+    let ipv6 = match req.config.ipv6 {
+        Ipv6Mode::Slaac => "2001:2:0:1:11:22ff:fe33:4455/64",
+        Ipv6Mode::Dhcpv6 => "2001:2:0:1::1a0/128",
+        Ipv6Mode::Off | Ipv6Mode::Auto => return result,
+    };
+    result.ips.insert(
+        0,
+        IpConfig {
+            address: ipv6.into(),
+            gateway: Some("fe80::1".into()),
+            interface: Some(1),
+        },
+    );
+    result.routes.push(Route {
+        dst: "::/0".into(),
+        gw: Some("fe80::1".into()),
+    });
+    result.dns.nameservers.push("2001:2:0:1::1".into());
+    result
+}
+
+fn ipv4_result(req: &AttachmentRequest, with_dhcp: bool) -> AttachmentResult {
     AttachmentResult {
         interfaces: vec![
             Interface {
@@ -249,6 +276,8 @@ async fn endpoints(State(state): State<Shared>) -> Json<Vec<EndpointInfo>> {
                 host_ifindex: 7,
                 mac: POD_MAC,
                 address: Some("198.18.0.50/24".into()),
+                ipv6: None,
+                ipv6_source: None,
                 mode: req.config.mode,
                 port_security: req.config.port_security,
                 drops: Default::default(),
@@ -753,6 +782,105 @@ fn check_against_prev_result() {
         codes::CHECK_FAILED,
         "no attachment ctr1/eth0",
     );
+}
+
+/// ADD, CHECK and DEL of a pod with IPv6 on, in every version: both
+/// addresses in the result (IPv4 first, `version` by family in 0.x), the
+/// `ipv6` switches passed to the agent, CHECK finding both in `prevResult`.
+#[test]
+fn dual_stack_add_check_del_for_every_version() {
+    let agent = FakeAgent::start();
+    for (ipv6, iid, address) in [
+        ("slaac", "stable-privacy", "2001:2:0:1:11:22ff:fe33:4455/64"),
+        ("dhcpv6", "eui64", "2001:2:0:1::1a0/128"),
+    ] {
+        for version in CniVersion::ALL {
+            let mut conf = netconf(version, &agent.socket);
+            conf["ipv6"] = json!(ipv6);
+            conf["ipv6Iid"] = json!(iid);
+            let (code, added) = Invocation::new("ADD", &conf).run();
+            assert_eq!(code, 0, "{ipv6} {version}: {added}");
+            let mut expected = expected_add(version);
+            let mut ip6 = json!({"address": address, "gateway": "fe80::1", "interface": 1});
+            if version.has_ip_version() {
+                ip6["version"] = json!("6");
+            }
+            expected["ips"].as_array_mut().unwrap().push(ip6);
+            expected["routes"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"dst": "::/0", "gw": "fe80::1"}));
+            expected["dns"]["nameservers"] = json!(["198.18.0.1", "2001:2:0:1::1"]);
+            assert_eq!(added, expected, "{ipv6} {version}");
+            let add = agent.state().adds.last().unwrap().config.clone();
+            assert_eq!(serde_json::to_value(add.ipv6).unwrap(), json!(ipv6));
+            assert_eq!(serde_json::to_value(add.ipv6_iid).unwrap(), json!(iid));
+
+            if version >= CniVersion::V0_4_0 {
+                let mut check = conf.clone();
+                check["prevResult"] = added.clone();
+                let (code, out) = Invocation::new("CHECK", &check).run();
+                assert_eq!((code, &out), (0, &Value::Null), "{ipv6} {version}");
+                // A runtime that re-wrote the address in full is no mismatch.
+                let ip: std::net::Ipv6Addr = address.split('/').next().unwrap().parse().unwrap();
+                let spelled = format!(
+                    "{}/{}",
+                    ip.segments().map(|s| format!("{s:04X}")).join(":"),
+                    address.split('/').nth(1).unwrap()
+                );
+                let mut respelled = check.clone();
+                respelled["prevResult"]["ips"][1]["address"] = json!(spelled);
+                let (code, out) = Invocation::new("CHECK", &respelled).run();
+                assert_eq!(
+                    (code, &out),
+                    (0, &Value::Null),
+                    "{ipv6} {version}: {spelled}"
+                );
+                // Without the IPv6 address, CHECK fails naming it.
+                let mut missing = check.clone();
+                missing["prevResult"]["ips"].as_array_mut().unwrap().pop();
+                assert_error(
+                    &Invocation::new("CHECK", &missing).run(),
+                    codes::CHECK_FAILED,
+                    &format!("address {address} is not in prevResult"),
+                );
+            }
+            let (code, out) = Invocation::new("DEL", &conf).run();
+            assert_eq!((code, &out), (0, &Value::Null), "{ipv6} {version}");
+            assert!(agent.state().attachments.is_empty());
+        }
+    }
+
+    // `auto` on this LAN without RAs: an IPv4-only result, `auto` asked for.
+    let conf = netconf(CniVersion::V0_4_0, &agent.socket);
+    let (code, out) = Invocation::new("ADD", &conf).run();
+    assert_eq!((code, &out), (0, &expected_add(CniVersion::V0_4_0)));
+    let state = agent.state();
+    let add = &state.adds.last().unwrap().config;
+    assert_eq!((add.ipv6, add.ipv6_iid), (Ipv6Mode::Auto, Ipv6Iid::Eui64));
+}
+
+/// With `ipam.type` none the pod's own clients do IPv6: `auto` reaches the
+/// agent as `off`, and `slaac`/`dhcpv6` are refused before it is asked.
+#[test]
+fn ipv6_with_ipam_none() {
+    let agent = FakeAgent::start();
+    let mut conf = netconf(CniVersion::V1_1_0, &agent.socket);
+    conf["ipam"] = json!({"type": "none"});
+    for ipv6 in ["slaac", "dhcpv6"] {
+        let mut refused = conf.clone();
+        refused["ipv6"] = json!(ipv6);
+        assert_error(
+            &Invocation::new("ADD", &refused).run(),
+            codes::INVALID_CONFIG,
+            &format!("field ipv6: {ipv6:?} has the agent address the pod"),
+        );
+    }
+    assert_eq!(agent.state().calls(), 0);
+    let (code, out) = Invocation::new("ADD", &conf).run();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out["ips"], json!([]));
+    assert_eq!(agent.state().adds[0].config.ipv6, Ipv6Mode::Off);
 }
 
 #[test]

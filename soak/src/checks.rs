@@ -136,6 +136,26 @@ fn raw_bytes(v: &Value) -> Vec<u8> {
         .unwrap_or_default()
 }
 
+/// The addresses in the pinned `HOST_ADDRS6` (keys `Ipv6Key { addr }`).
+fn host_addrs6(pin_dir: &Path) -> Result<Vec<String>> {
+    map_dump(pin_dir, "HOST_ADDRS6")?
+        .iter()
+        .map(|e| {
+            let mut n = Vec::new();
+            numbers(&e["formatted"]["key"], &mut n);
+            let bytes: Vec<u8> = if n.is_empty() {
+                raw_bytes(&e["key"])
+            } else {
+                n.iter().map(|b| *b as u8).collect()
+            };
+            let addr: [u8; 16] = bytes.try_into().map_err(|b: Vec<u8>| {
+                anyhow::anyhow!("HOST_ADDRS6 key of {} bytes: {e}", b.len())
+            })?;
+            Ok(std::net::Ipv6Addr::from(addr).to_string())
+        })
+        .collect()
+}
+
 /// A map entry's key as an ifindex (a `u32` key).
 fn key_u32(e: &Value) -> Option<u32> {
     let mut n = Vec::new();
@@ -357,6 +377,19 @@ fn check_once(
     for r in host_routes(pin)? {
         if !lab.baseline.host_routes.contains(&r) {
             f.leak("map_host_routes", r);
+        }
+    }
+    // The neighbour responder answers only for addresses the node has now:
+    // one it lost (or a pod's) would keep pods talking to a host veth for an
+    // address that is gone. Compared with the node's addresses rather than
+    // the baseline, which SLAAC temporary addresses outdate.
+    let node_addrs = lab.node_addrs()?;
+    for a in host_addrs6(pin)? {
+        let on = format!(" inet6 {a}/");
+        if node_addrs.iter().any(|l| l.contains(&on)) {
+            f.seen("map_host_addrs6");
+        } else {
+            f.leak("map_host_addrs6", a);
         }
     }
     // FLOWS: a DEL purges its pod's flows; what a lost DEL leaves must

@@ -9,7 +9,7 @@
 
 use std::{
     io,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
 };
 
@@ -22,7 +22,7 @@ use aya::{
 };
 use lanlink_common::{
     Counter, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FLOOD_EMPTY, Ipv6Key,
-    MAX_ENDPOINTS, MacKey, StatSlot, endpoint_flags, globals, map_names,
+    MAX_ENDPOINTS, MAX_HOST_ADDRS6, MacKey, StatSlot, endpoint_flags, globals, map_names,
 };
 
 use crate::paths;
@@ -94,6 +94,26 @@ pub enum DataplaneError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// An IPv6 address given to one endpoint is claimed by another.
+    #[error("{addr} is claimed by the endpoint of index {owner}, not by index {ifindex}")]
+    V6Claimed {
+        /// The address.
+        addr: std::net::Ipv6Addr,
+        /// The endpoint holding it.
+        owner: u32,
+        /// The endpoint it was given to.
+        ifindex: u32,
+    },
+    /// More node IPv6 addresses than the neighbour responder's map holds.
+    #[error(
+        "the node has {count} IPv6 addresses for the neighbour responder, more than the {max} it holds"
+    )]
+    TooManyHostAddrs6 {
+        /// How many were given.
+        count: usize,
+        /// The limit.
+        max: usize,
     },
     /// The node already has as many endpoints as the maps hold.
     #[error("the node already has the maximum of {max} endpoints")]
@@ -205,6 +225,7 @@ pub struct Dataplane {
     ep_guard: HashMap<MapData, u32, EndpointGuard>,
     ep_drops: PerCpuHashMap<MapData, u32, EndpointDrops>,
     v6_owners: HashMap<MapData, Ipv6Key, u32>,
+    host_addrs6: HashMap<MapData, Ipv6Key, u8>,
     /// Whether the maps already existed (a previous agent's state was adopted).
     pub adopted: bool,
 }
@@ -398,6 +419,8 @@ impl Dataplane {
             .map_err(map_err(map_names::EP_DROPS, "open"))?;
         let v6_owners = HashMap::try_from(take(map_names::V6_OWNERS)?)
             .map_err(map_err(map_names::V6_OWNERS, "open"))?;
+        let host_addrs6 = HashMap::try_from(take(map_names::HOST_ADDRS6)?)
+            .map_err(map_err(map_names::HOST_ADDRS6, "open"))?;
         // No monitor client survives the agent that served it: events are
         // written only once a client of this agent subscribes.
         let mut monitor: Array<MapData, u32> = Array::try_from(take(map_names::MONITOR)?)
@@ -417,6 +440,7 @@ impl Dataplane {
             ep_guard,
             ep_drops,
             v6_owners,
+            host_addrs6,
             adopted,
         };
         let uplink = dp.cfg.uplink.clone();
@@ -674,6 +698,36 @@ impl Dataplane {
         Ok(())
     }
 
+    /// Makes `HOST_ADDRS6`, the node IPv6 addresses whose neighbour
+    /// solicitations from pods the programs answer with the host veth's
+    /// MAC, hold exactly `addrs`: the new ones are inserted before the
+    /// ones no longer there are removed, so an address in both sets is
+    /// answered throughout. Re-writing the same set (agent restart, with
+    /// the pinned map adopted) changes nothing. More addresses than the map
+    /// holds are refused before anything is written.
+    pub fn set_host_addrs6(&mut self, addrs: &[Ipv6Addr]) -> Result<(), DataplaneError> {
+        let (insert, remove) = host_addrs6_plan(&self.host_addrs6(), addrs)?;
+        for a in insert {
+            self.host_addrs6
+                .insert(Ipv6Key { addr: a.octets() }, 1, 0)
+                .map_err(map_err(map_names::HOST_ADDRS6, format!("insert {a}")))?;
+        }
+        for a in remove {
+            ignore_missing(self.host_addrs6.remove(&Ipv6Key { addr: a.octets() }))
+                .map_err(map_err(map_names::HOST_ADDRS6, format!("remove {a}")))?;
+        }
+        Ok(())
+    }
+
+    /// The node IPv6 addresses in `HOST_ADDRS6`.
+    pub fn host_addrs6(&self) -> Vec<Ipv6Addr> {
+        self.host_addrs6
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| Ipv6Addr::from(k.addr))
+            .collect()
+    }
+
     /// The drops counted against a host veth, summed over CPUs, by slot
     /// (slots with none left out).
     pub fn endpoint_drops(&self, host_ifindex: u32) -> Vec<(StatSlot, u64)> {
@@ -688,6 +742,33 @@ impl Dataplane {
                 (n > 0).then_some((*s, n))
             })
             .collect()
+    }
+
+    /// Records in `V6_OWNERS` that the endpoint of `host_ifindex` owns
+    /// `addr`, the address the agent gave it (SLAAC or DHCPv6): its packets
+    /// from it pass the source guard before (and whatever) its duplicate
+    /// address detection says. Refused when another endpoint holds it.
+    pub fn assign_v6(
+        &mut self,
+        addr: std::net::Ipv6Addr,
+        host_ifindex: u32,
+    ) -> Result<(), DataplaneError> {
+        let key = Ipv6Key {
+            addr: addr.octets(),
+        };
+        match self.v6_owners.get(&key, 0) {
+            Ok(owner) if owner != host_ifindex => {
+                return Err(DataplaneError::V6Claimed {
+                    addr,
+                    owner,
+                    ifindex: host_ifindex,
+                });
+            }
+            _ => {}
+        }
+        self.v6_owners
+            .insert(key, host_ifindex, 0)
+            .map_err(map_err(map_names::V6_OWNERS, format!("assign {addr}")))
     }
 
     /// The IPv6 addresses a host veth's endpoint claimed.
@@ -860,6 +941,39 @@ pub fn flood_plan(slots: &[u32], members: &[u32]) -> Vec<(u32, u32)> {
         writes.push((cur.len() as u32, 0));
     }
     writes
+}
+
+/// What turns `HOST_ADDRS6` holding `old` into one holding exactly `want`
+/// (duplicates counted once): `(insert, remove)`, each in the order given.
+/// `TooManyHostAddrs6` when `want` holds more distinct addresses than the
+/// map ([`MAX_HOST_ADDRS6`]).
+pub fn host_addrs6_plan(
+    old: &[Ipv6Addr],
+    want: &[Ipv6Addr],
+) -> Result<(Vec<Ipv6Addr>, Vec<Ipv6Addr>), DataplaneError> {
+    let mut unique: Vec<Ipv6Addr> = Vec::with_capacity(want.len());
+    for a in want {
+        if !unique.contains(a) {
+            unique.push(*a);
+        }
+    }
+    if unique.len() > MAX_HOST_ADDRS6 as usize {
+        return Err(DataplaneError::TooManyHostAddrs6 {
+            count: unique.len(),
+            max: MAX_HOST_ADDRS6 as usize,
+        });
+    }
+    let insert = unique
+        .iter()
+        .filter(|a| !old.contains(a))
+        .copied()
+        .collect();
+    let remove = old
+        .iter()
+        .filter(|a| !unique.contains(a))
+        .copied()
+        .collect();
+    Ok((insert, remove))
 }
 
 /// Sums a `STATS` map's per-CPU counters.
@@ -1060,5 +1174,49 @@ mod tests {
         let plan = flood_plan(&list(&array), &[5, 7]);
         apply_checked(&mut array, &plan, &[5, 7]);
         assert_eq!(list(&array), [5, FLOOD_EMPTY, 7]);
+    }
+
+    fn v6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn host_addrs6_plan_inserts_the_new_and_removes_the_gone() {
+        let old = [v6("2001:2::1"), v6("2001:2::2")];
+        let want = [v6("2001:2::2"), v6("2001:2::3"), v6("2001:2::3")];
+        let (insert, remove) = host_addrs6_plan(&old, &want).unwrap();
+        assert_eq!(insert, [v6("2001:2::3")]);
+        assert_eq!(remove, [v6("2001:2::1")]);
+        // The same set again (an agent restart on the adopted map): nothing.
+        let (insert, remove) = host_addrs6_plan(&want[..2], &want).unwrap();
+        assert!(insert.is_empty() && remove.is_empty());
+        // Nothing wanted: everything goes.
+        let (insert, remove) = host_addrs6_plan(&old, &[]).unwrap();
+        assert!(insert.is_empty());
+        assert_eq!(remove, old);
+    }
+
+    #[test]
+    fn host_addrs6_plan_refuses_more_than_the_map_holds() {
+        let max = MAX_HOST_ADDRS6 as usize;
+        let many: Vec<Ipv6Addr> = (0..=max as u16)
+            .map(|i| Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, i))
+            .collect();
+        // Exactly the limit fits, duplicates do not count.
+        let mut full = many[..max].to_vec();
+        full.push(many[0]);
+        assert_eq!(host_addrs6_plan(&[], &full).unwrap().0.len(), max);
+        let err = host_addrs6_plan(&[], &many).unwrap_err();
+        assert!(
+            matches!(err, DataplaneError::TooManyHostAddrs6 { count, max: m } if count == max + 1 && m == max),
+            "{err:?}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the node has {} IPv6 addresses for the neighbour responder, more than the {max} it holds",
+                max + 1
+            )
+        );
     }
 }

@@ -15,5 +15,6 @@ pub mod ipv6;
 pub mod metrics;
 pub mod monitor;
 pub mod netlink;
+pub mod netlink6;
 pub mod paths;
 pub mod state;

@@ -665,6 +665,8 @@ mod tests {
                 host_ifindex: 7,
                 mac: [2, 0, 0, 0, 0, 1].into(),
                 address: Some("198.18.0.100/24".into()),
+                ipv6: None,
+                ipv6_source: None,
                 mode: Mode::Primary,
                 port_security: Default::default(),
                 drops: [("drop_storm".to_string(), 9)].into_iter().collect(),

@@ -648,6 +648,8 @@ pub type Notifications = futures::channel::mpsc::UnboundedReceiver<(
 pub fn subscribe_uplink() -> Result<(Handle, Notifications), NetlinkError> {
     let (conn, handle, messages) = rtnetlink::new_multicast_connection(&[
         rtnetlink::MulticastGroup::Ipv4Ifaddr,
+        // The node's IPv6 addresses: the neighbour responder answers for them.
+        rtnetlink::MulticastGroup::Ipv6Ifaddr,
         rtnetlink::MulticastGroup::Link,
     ])
     .map_err(NetlinkError::Connect)?;

@@ -13,7 +13,7 @@ pub const LINKS_DIR: &str = "links";
 /// State file inside the state directory.
 pub const STATE_FILE: &str = "endpoints.json";
 /// The maps pinned by name under the pin directory.
-pub const PINNED_MAPS: [&str; 11] = [
+pub const PINNED_MAPS: [&str; 12] = [
     map_names::EP_BY_MAC,
     map_names::EP_BY_IF,
     map_names::FLOOD,
@@ -23,6 +23,7 @@ pub const PINNED_MAPS: [&str; 11] = [
     map_names::EP_GUARD,
     map_names::EP_DROPS,
     map_names::V6_OWNERS,
+    map_names::HOST_ADDRS6,
     map_names::MONITOR,
     map_names::DROP_EVENTS,
 ];

@@ -27,6 +27,10 @@ pub const MAX_FLOWS: u32 = 65_536;
 /// Entries of the host-routes LPM trie (service CIDRs, node addresses).
 pub const MAX_HOST_ROUTES: u32 = 256;
 
+/// Entries of `HOST_ADDRS6`: the node's IPv6 addresses the neighbour
+/// responder answers for.
+pub const MAX_HOST_ADDRS6: u32 = 64;
+
 /// Names of the maps in the eBPF object. The kernel cuts map names at 15
 /// bytes, so each stays shorter; the agent pins them under these names.
 pub mod map_names {
@@ -53,6 +57,10 @@ pub mod map_names {
     /// IPv6 addresses claimed by endpoints (first come, first served):
     /// [`crate::Ipv6Key`] → host-veth ifindex `u32`.
     pub const V6_OWNERS: &str = "V6_OWNERS";
+    /// The node's IPv6 addresses the neighbour responder of `from_pod`
+    /// answers a pod's solicitation for (the IPv6 twin of the ARP
+    /// responder's `HOST_ROUTES`): [`crate::Ipv6Key`] → `u8` (always 1).
+    pub const HOST_ADDRS6: &str = "HOST_ADDRS6";
     /// Drop events for `lanlinkd monitor`: a ring buffer of
     /// [`crate::DropEvent`], written only while `MONITOR[0]` is non-zero.
     pub const DROP_EVENTS: &str = "DROP_EVENTS";
@@ -230,7 +238,7 @@ impl Default for EndpointDrops {
     }
 }
 
-/// Key of `V6_OWNERS`: an IPv6 address, as on the wire.
+/// Key of `V6_OWNERS` and `HOST_ADDRS6`: an IPv6 address, as on the wire.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct Ipv6Key {
@@ -480,6 +488,9 @@ stat_slots! {
         /// A pod claimed an IPv6 address with a duplicate-address-detection
         /// solicitation (counted besides the frame's own verdict).
         Ip6Claimed = 18, "ip6_claimed";
+        /// A pod's neighbour solicitation for a node IPv6 address answered in
+        /// eBPF with the host veth's MAC (the ARP responder's IPv6 twin).
+        NdReply = 31, "nd_reply";
     }
     drops {
         /// Dropped: source MAC is not the endpoint's.
@@ -491,7 +502,8 @@ stat_slots! {
         /// Dropped: truncated or malformed header.
         Malformed => DropMalformed = 11, "drop_malformed";
         /// Dropped: a redirect or clone helper failed (a failed flood clone is
-        /// counted here besides the frame's own verdict).
+        /// counted here besides the frame's own verdict), or resizing or
+        /// rewriting a frame into the neighbour responder's advertisement did.
         RedirectFailed => DropRedirectFailed = 12, "drop_redirect_failed";
         /// Dropped: the endpoint's lease expired and it sent something other than DHCP.
         Expired => DropExpired = 13, "drop_expired";
@@ -668,6 +680,7 @@ mod tests {
             (28, "drop_storm"),
             (29, "drop_ip6_claims"),
             (30, "drop_ip6_chain"),
+            (31, "nd_reply"),
         ];
         for (i, label) in fixed {
             assert_eq!(StatSlot::from_index(i).map(StatSlot::label), Some(label));
@@ -710,6 +723,12 @@ mod tests {
             HOST_ROUTES,
             FLOWS,
             STATS,
+            EP_GUARD,
+            EP_DROPS,
+            V6_OWNERS,
+            HOST_ADDRS6,
+            DROP_EVENTS,
+            MONITOR,
             REDIRECT_LOG,
         ] {
             assert!(name.len() < 16, "{name} is longer than 15 bytes");

@@ -5,8 +5,10 @@
 //! Which addresses a pod owns: its EUI-64 link-local address (from its MAC,
 //! always), and every address it claimed first with the neighbour
 //! solicitation of its duplicate address detection (source `::`), as in
-//! FCFS SAVI (RFC 6620). A claim of an address another endpoint on the node
-//! holds is refused; claims live in `V6_OWNERS` until the agent removes the
+//! FCFS SAVI (RFC 6620), and the address the agent gave it (SLAAC or
+//! DHCPv6, written into `V6_OWNERS` at ADD). A claim of an address another
+//! endpoint on the node holds, or of one of the node's own addresses
+//! (`HOST_ADDRS6`), is refused; claims live in `V6_OWNERS` until the agent removes the
 //! endpoint, at most `MAX_V6_CLAIMS` per endpoint.
 //!
 //! The header chain is followed through hop-by-hop, routing, destination
@@ -20,7 +22,7 @@ use lanlink_common::{DropReason, EndpointByIf, Ipv6Key, MAX_V6_CLAIMS, Verdict, 
 use crate::{
     eth::ETH_LEN,
     ipv4::IPPROTO_UDP,
-    maps::{EP_GUARD, V6_OWNERS},
+    maps::{EP_GUARD, HOST_ADDRS6, V6_OWNERS},
     stats::count,
 };
 
@@ -214,6 +216,12 @@ fn claim(addr: &[u8; 16], ep: &EndpointByIf, ifindex: u32, len: u32) -> Result<(
         return Ok(());
     }
     let key = Ipv6Key { addr: *addr };
+    // The node's own addresses are never a pod's: the neighbour responder
+    // answers for them, and a claim would let the pod send from them.
+    // SAFETY: only the presence is read.
+    if unsafe { HOST_ADDRS6.get(key) }.is_some() {
+        return Err(DropReason::SpoofIp6);
+    }
     // SAFETY: read-only use of the value.
     match unsafe { V6_OWNERS.get(key) } {
         Some(&o) if o == ifindex => return Ok(()),

@@ -8,9 +8,9 @@
 //! Each entry point only dispatches: `programs/<path>.rs` reads top to bottom
 //! as that path's decisions and returns the [`programs::Action`] to take or
 //! the `DropReason` to drop for; both are counted in `STATS` in one place.
-//! The protocol helpers (`eth`, `arp`, `ipv4`, `ipv6`, `dhcp`, `dhcp_guard`,
-//! `guard`, `flows`, `flood`, `redirect`, `monitor`) sit below the programs
-//! and know nothing of paths.
+//! The protocol helpers (`eth`, `arp`, `ipv4`, `ipv6`, `nd`, `dhcp`,
+//! `dhcp_guard`, `guard`, `flows`, `flood`, `redirect`, `monitor`) sit below
+//! the programs and know nothing of paths.
 #![no_std]
 #![no_main]
 
@@ -25,6 +25,7 @@ mod ipv4;
 mod ipv6;
 mod maps;
 mod monitor;
+mod nd;
 mod programs;
 mod redirect;
 mod stats;

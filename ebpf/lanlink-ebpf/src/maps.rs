@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use lanlink_common::{
     Counter, DropEvent, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FlowKey,
-    FlowValue, Ipv6Key, MAX_ENDPOINTS, MAX_FLOWS, MAX_HOST_ROUTES, MAX_V6_OWNERS, MacKey,
-    RedirectLog, STATS_SLOTS,
+    FlowValue, Ipv6Key, MAX_ENDPOINTS, MAX_FLOWS, MAX_HOST_ADDRS6, MAX_HOST_ROUTES, MAX_V6_OWNERS,
+    MacKey, RedirectLog, STATS_SLOTS,
 };
 
 const EPS: usize = MAX_ENDPOINTS as usize;
@@ -54,6 +54,12 @@ pub(crate) static EP_DROPS: PerCpuHashMap<u32, EndpointDrops, EPS> = PerCpuHashM
 /// room for another endpoint's (each endpoint's claims are bounded instead).
 #[btf_map]
 pub(crate) static V6_OWNERS: HashMap<Ipv6Key, u32, { MAX_V6_OWNERS as usize }> = HashMap::new();
+
+/// The node's IPv6 addresses whose neighbour solicitations from a pod
+/// `from_pod` answers itself (`crate::nd`); the value is unused (1). Written
+/// only by the agent, as a whole set.
+#[btf_map]
+pub(crate) static HOST_ADDRS6: HashMap<Ipv6Key, u8, { MAX_HOST_ADDRS6 as usize }> = HashMap::new();
 
 /// Drop events for `lanlinkd monitor` (64 KiB: 1,024 events).
 #[btf_map]

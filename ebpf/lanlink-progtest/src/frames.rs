@@ -212,3 +212,25 @@ pub fn link_local(mac: [u8; 6]) -> [u8; 16] {
 pub const ALL_NODES: [u8; 16] = [0xff, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
 /// The MAC of ff02::1.
 pub const ALL_NODES_MAC: [u8; 6] = [0x33, 0x33, 0, 0, 0, 1];
+
+/// The ICMPv6 checksum of `msg` (its checksum field as it is) from `saddr`
+/// to `daddr` (RFC 4443 2.3: over the pseudo-header of RFC 8200 8.1 and the
+/// message): 0 when `msg` carries the right one, else the value to write
+/// into a zeroed field.
+pub fn icmpv6_checksum(saddr: [u8; 16], daddr: [u8; 16], msg: &[u8]) -> u16 {
+    let mut data = Vec::with_capacity(40 + msg.len());
+    data.extend_from_slice(&saddr);
+    data.extend_from_slice(&daddr);
+    data.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    data.extend_from_slice(&[0, 0, 0, IPPROTO_ICMPV6]);
+    data.extend_from_slice(msg);
+    checksum(&data)
+}
+
+/// `msg` (an ICMPv6 message with a zero checksum) with its checksum filled
+/// in for `saddr` → `daddr`.
+pub fn with_icmpv6_checksum(saddr: [u8; 16], daddr: [u8; 16], mut msg: Vec<u8>) -> Vec<u8> {
+    let sum = icmpv6_checksum(saddr, daddr, &msg);
+    msg[2..4].copy_from_slice(&sum.to_be_bytes());
+    msg
+}

@@ -26,7 +26,8 @@
 //!
 //! In `tests/programs.rs`, write `fn my_case(lab: &mut Lab)`: register
 //! endpoints (`register(lab)` there, or [`Harness::add_endpoint`],
-//! [`Harness::push_flood`], [`Harness::add_host_route`]), build the frame
+//! [`Harness::push_flood`], [`Harness::add_host_route`],
+//! [`Harness::add_host_addr6`]), build the frame
 //! with [`frames`], run it with `lab.harness.run(Program::…, &frame,
 //! lab.pod(n).ctx())` (or `lab.uplink().ctx()`), and check the [`Run`]:
 //! `assert_code`, `assert_only_counted` / `assert_counted` (which mark the
@@ -35,6 +36,13 @@
 //! the flow fix): it becomes a `#[test]` and joins
 //! `every_verdict_and_drop_reason_has_a_case`. A new verdict or drop reason
 //! in `lanlink-common` fails that check until a case asserts it.
+//!
+//! # Real traffic
+//!
+//! Where a test run cannot show it (a conversation of several frames
+//! between two stacks), `tests/traffic.rs` attaches the programs to veths
+//! in the test's namespace with [`Harness::attach`] and sends real packets
+//! from a second namespace (a pod) with the system's tools.
 //!
 //! Kernel quirk: a test run refuses (EINVAL) an IPv4 or IPv6 EtherType
 //! frame shorter than that header, so truncation is tested with other
@@ -58,7 +66,7 @@ use aya::{
         Array, HashMap, LpmTrie, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf,
         lpm_trie::Key,
     },
-    programs::SchedClassifier,
+    programs::{SchedClassifier, TcAttachType},
 };
 use lanlink_common::{
     Counter, DropEvent, EndpointByIf, EndpointByMac, EndpointDrops, EndpointGuard, FlowKey,
@@ -233,6 +241,9 @@ pub struct Harness {
     pub host_routes: LpmTrie<MapData, [u8; 4], u32>,
     /// `FLOWS`.
     pub flows: HashMap<MapData, FlowKey, FlowValue>,
+    /// `HOST_ADDRS6`; `None` for an object built before the neighbour
+    /// responder.
+    host_addrs6: Option<HashMap<MapData, Ipv6Key, u8>>,
     stats: PerCpuArray<MapData, Counter>,
     /// The first-hop guard maps; `None` for an object built before them
     /// (only [`Harness::time_run`] is of use with such an object).
@@ -375,6 +386,11 @@ impl Harness {
             PerCpuArray::try_from(take(map_names::STATS)?).map_err(map_err(map_names::STATS))?;
         let redirect_log = PerCpuArray::try_from(take(map_names::REDIRECT_LOG)?)
             .map_err(map_err(map_names::REDIRECT_LOG))?;
+        let host_addrs6 = ebpf
+            .take_map(map_names::HOST_ADDRS6)
+            .map(HashMap::try_from)
+            .transpose()
+            .map_err(map_err(map_names::HOST_ADDRS6))?;
         let guards = if ebpf.map(map_names::EP_GUARD).is_some() {
             let mut take = |name: &'static str| {
                 ebpf.take_map(name).ok_or(HarnessError::Map {
@@ -406,6 +422,7 @@ impl Harness {
             flood,
             host_routes,
             flows,
+            host_addrs6,
             stats,
             guards,
             redirect_log: RefCell::new(redirect_log),
@@ -557,6 +574,62 @@ impl Harness {
         self.host_routes
             .insert(&Key::new(len, prefix), 1, 0)
             .map_err(map_err(map_names::HOST_ROUTES))
+    }
+
+    /// Records `addr` in `V6_OWNERS` as owned by host veth `ifindex`, as the
+    /// agent does for an address it gave the pod.
+    pub fn set_v6_owner(&mut self, addr: [u8; 16], ifindex: u32) -> Result<(), HarnessError> {
+        self.guard_maps_mut()
+            .v6_owners
+            .insert(Ipv6Key { addr }, ifindex, 0)
+            .map_err(map_err(map_names::V6_OWNERS))
+    }
+
+    /// Attaches `program` to `ifname` in this thread's namespace for real
+    /// traffic (TCX on the kernels the agent supports), where the agent
+    /// attaches it: `from_pod` and `from_lan` at ingress, `to_pod` at
+    /// egress. Detached when the harness (or the interface) goes.
+    pub fn attach(&mut self, program: Program, ifname: &str) -> Result<(), HarnessError> {
+        let attach_type = match program {
+            Program::FromPod | Program::FromLan => TcAttachType::Ingress,
+            Program::ToPod => TcAttachType::Egress,
+        };
+        let err = |e: aya::programs::ProgramError| HarnessError::Load {
+            what: format!("attach {} to {ifname}", program.name()),
+            source: Box::new(e),
+        };
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(program.name())
+            .ok_or_else(|| HarnessError::Load {
+                what: format!("program {}", program.name()),
+                source: "missing from the object".into(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.attach(ifname, attach_type).map_err(err)?;
+        Ok(())
+    }
+
+    /// Adds `addr` to `HOST_ADDRS6` (a node address the neighbour
+    /// responder answers for).
+    pub fn add_host_addr6(&mut self, addr: [u8; 16]) -> Result<(), HarnessError> {
+        self.host_addrs6_mut()
+            .insert(Ipv6Key { addr }, 1, 0)
+            .map_err(map_err(map_names::HOST_ADDRS6))
+    }
+
+    /// Removes `addr` from `HOST_ADDRS6`.
+    pub fn remove_host_addr6(&mut self, addr: [u8; 16]) -> Result<(), HarnessError> {
+        self.host_addrs6_mut()
+            .remove(&Ipv6Key { addr })
+            .map_err(map_err(map_names::HOST_ADDRS6))
+    }
+
+    fn host_addrs6_mut(&mut self) -> &mut HashMap<MapData, Ipv6Key, u8> {
+        self.host_addrs6
+            .as_mut()
+            .expect("the object has no HOST_ADDRS6 (built before the neighbour responder)")
     }
 
     /// Runs `program` once on `frame` with context `ctx`.

@@ -1,6 +1,8 @@
 //! A private network namespace for one test, with veth pairs so the
 //! ifindexes the programs redirect and clone to exist (`bpf_clone_redirect`
-//! really transmits), and packet sockets to see the clones arrive.
+//! really transmits), and packet sockets to see the clones arrive; with
+//! [`ip`] and [`write_sysctl`], real traffic tests set the namespace up
+//! further.
 //!
 //! The namespace is entered with `unshare(CLONE_NEWNET)` by a dedicated
 //! thread that runs the whole test and then exits: nothing is named, nothing
@@ -70,14 +72,17 @@ pub fn with_netns<T: Send>(
     })
 }
 
-fn write_sysctl(path: &str, value: &str) -> Result<(), HarnessError> {
+/// Writes `value` to the sysctl file `path` (of this thread's namespace,
+/// for `/proc/sys/net`).
+pub fn write_sysctl(path: &str, value: &str) -> Result<(), HarnessError> {
     std::fs::write(path, value).map_err(|source| HarnessError::Netns {
         what: format!("write {path}"),
         source,
     })
 }
 
-fn ip(args: &[&str]) -> Result<(), HarnessError> {
+/// Runs `ip` with `args` in this thread's namespace (a child inherits it).
+pub fn ip(args: &[&str]) -> Result<(), HarnessError> {
     let out = Command::new("ip")
         .args(args)
         .output()

@@ -24,8 +24,11 @@ use lanlink_progtest::{
 #[path = "programs/first_hop.rs"]
 mod first_hop;
 use first_hop::*;
+#[path = "programs/nd.rs"]
+mod nd;
 #[path = "programs/random_frames.rs"]
 mod random_frames;
+use nd::*;
 
 /// Pod veths in every lab: pods 1 and 2 are registered by [`register`],
 /// pod 3 only where a case says so.
@@ -682,6 +685,8 @@ mod case {
         router_advertisements_need_the_switch;
         dhcpv6_server_messages_need_the_switch;
         drops_are_counted_per_pod_and_streamed_to_monitor;
+        ns_for_a_node_address_is_answered_with_host_veth_mac;
+        ns_the_responder_must_not_answer_goes_on_as_before;
     }
 
     /// Slots no test run can reach, with why. Keep this list short.

@@ -40,6 +40,13 @@ pub(super) struct Undo {
     endpoint: Option<(u32, [u8; 6])>,
     lease: Option<Lease>,
     host_route: Option<(std::net::Ipv4Addr, u32)>,
+    /// The IPv6 assignment made or leased (its node route, its DHCPv6
+    /// lease), with the host veth's index; declined rather than released
+    /// when `v6_conflict`.
+    v6: Option<(crate::ipv6::assign::Assignment, u32)>,
+    v6_conflict: bool,
+    /// The pod's DHCPv6 identity.
+    id6: Option<crate::ipv6::dhcp6::Dhcp6Identity>,
     /// The in-flight record (`state::adding`), by host veth.
     record: Option<String>,
 }
@@ -91,15 +98,19 @@ impl<K: Kernel> Agent<K> {
             }
             Identity::Random => dhcp::random_identity(),
         };
+        // The IPv6 plan, before anything is made: `ipv6: slaac` on a LAN
+        // without an autonomous prefix is refused here.
+        let plan6 = self.plan6(&req, mac, &client_id).await?;
         self.claim_mac(mac, &key)?;
 
         let mut undo = Undo {
             mac: Some(mac),
+            id6: plan6.id.clone(),
             ..Undo::default()
         };
         self.host_routes_in_flight(&req.config.host_routes, true);
         let res = match self
-            .add_steps(&req, &netns, &key, (mac, client_id), &mut undo)
+            .add_steps(&req, &netns, &key, (mac, client_id), &plan6, &mut undo)
             .await
         {
             Ok(r) => Ok(r),
@@ -148,6 +159,7 @@ impl<K: Kernel> Agent<K> {
         netns: &str,
         key: &str,
         (mac, client_id): ([u8; 6], Vec<u8>),
+        plan6: &super::v6::Plan6,
         undo: &mut Undo,
     ) -> Result<AttachmentResult, AgentError> {
         let host_veth = host_veth_name(&req.container_id, &req.ifname);
@@ -196,6 +208,7 @@ impl<K: Kernel> Agent<K> {
             mac,
             lease: None,
             expired: false,
+            ipv6: None,
         };
 
         // 2. The pod MAC in the uplink's unicast filter, before anything is
@@ -251,8 +264,33 @@ impl<K: Kernel> Agent<K> {
                 None => None,
             }
         };
-        let (prepared, acquired) =
-            tokio::join!(self.prepare_dataplane(&ep, undo, &mut phases), acquire);
+        // IPv6 at once too: a SLAAC address goes into the pod as soon as
+        // the programs run (its duplicate address detection then runs
+        // beside the DHCPv4 exchange); a DHCPv6 lease is solicited beside
+        // the DHCPv4 one and written in the pod after it.
+        let v6_timeout =
+            Duration::from_millis(req.config.dhcp.as_ref().map_or(5_000, |d| d.timeout_ms));
+        let slaac = matches!(plan6.plan, crate::ipv6::assign::Plan::Slaac { .. });
+        // How long a LAN host has to answer for the pod's IPv6 address
+        // before the ADD ends: `arpProbeMs`, as for IPv4.
+        let dad_window =
+            Duration::from_millis(req.config.dhcp.as_ref().map_or(0, |d| d.arp_probe_ms));
+        let prepare = async {
+            self.prepare_dataplane(&ep, undo, &mut phases).await?;
+            if slaac && let Some(a) = self.acquire6(plan6, v6_timeout).await? {
+                undo.v6 = Some((a.clone(), ep.host_ifindex));
+                self.configure6(&ep, &a).await?;
+                return Ok((Some(a), tokio::time::Instant::now() + dad_window));
+            }
+            Ok::<_, AgentError>((None, tokio::time::Instant::now()))
+        };
+        let dhcp6 = async {
+            match plan6.plan {
+                crate::ipv6::assign::Plan::Dhcpv6 => self.acquire6(plan6, v6_timeout).await,
+                _ => Ok(None),
+            }
+        };
+        let (prepared, acquired, leased6) = tokio::join!(prepare, acquire, dhcp6);
         let (acquired, recorded) = match acquired {
             Some((res, recorded)) => (Some(res), recorded),
             None => (None, Ok(())),
@@ -260,8 +298,19 @@ impl<K: Kernel> Agent<K> {
         if let Some(Ok(lease)) = &acquired {
             undo.lease = Some(lease.clone());
         }
+        if let Ok(Some(a)) = &leased6 {
+            undo.v6 = Some((a.clone(), ep.host_ifindex));
+        }
         recorded?;
-        prepared?;
+        let (mut v6, mut dad_until) = prepared?;
+        if let Some(a) = leased6? {
+            self.configure6(&ep, &a).await?;
+            dad_until = tokio::time::Instant::now() + dad_window;
+            v6 = Some(a);
+        }
+        if v6.is_some() {
+            phases.mark("ipv6");
+        }
         let mut routes = Vec::new();
         if let Some(acquired) = acquired {
             let lease = acquired.map_err(|source| AgentError::Dhcp {
@@ -297,6 +346,18 @@ impl<K: Kernel> Agent<K> {
                 .await?;
         }
 
+        // A LAN host holding the pod's IPv6 address has answered its
+        // duplicate address detection by now (detection that ends later is
+        // watched after the ADD: `v6.rs`).
+        if let Some(a) = &v6 {
+            if let Err(e) = self.check_dad(&ep, a, dad_until).await {
+                undo.v6_conflict = true;
+                return Err(e);
+            }
+            info!(attachment = %key, address = %a.address, how = a.source.as_str(), "IPv6 address given");
+        }
+        ep.ipv6 = v6;
+
         // 5. The endpoint with its address; persist; flood membership.
         let entry = self.endpoint_entry(&ep);
         self.maps
@@ -315,6 +376,7 @@ impl<K: Kernel> Agent<K> {
         if ep.lease.is_some() {
             self.spawn_renewal(key.to_string());
         }
+        self.after_add6(key, &ep);
         phases.mark("commit");
         info!(attachment = %key, elapsed_ms = phases.total_ms(), phases = %phases, "attached");
         Ok(result_for(&ep, &routes))
@@ -361,6 +423,10 @@ impl<K: Kernel> Agent<K> {
             && let Err(e) = self.links.del_host_route(ip, ifindex).await
         {
             warn!(attachment = %key, error = %e, "undo: remove host route failed");
+        }
+        if let Some((a, ifindex)) = &undo.v6 {
+            self.release6(key, *ifindex, undo.id6.as_ref(), a, undo.v6_conflict)
+                .await;
         }
         if let Some(veth) = &undo.veth
             && undo.attached

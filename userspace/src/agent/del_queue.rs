@@ -198,7 +198,11 @@ mod tests {
         assert_eq!(DelQueue::new(&dir).read().unwrap().entries.len(), 1);
         assert_eq!(t.agent.endpoints().len(), 1);
         let deadline = tokio::time::Instant::now() + REDRAIN_EVERY * 3;
-        while !t.agent.endpoints().is_empty() && tokio::time::Instant::now() < deadline {
+        // The entry leaves the queue just after the DEL it ran: wait for both.
+        let done = || {
+            t.agent.endpoints().is_empty() && DelQueue::new(&dir).read().unwrap().entries.is_empty()
+        };
+        while !done() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         assert!(t.agent.endpoints().is_empty(), "the queued DEL was not run");

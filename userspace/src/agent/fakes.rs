@@ -140,6 +140,7 @@ impl Kernel for Fake {
     type Links = FakeLinks;
     type Maps = FakeMaps;
     type Leases = FakeLeases;
+    type Lan6 = FakeLan6;
 }
 
 /// Fake [`Links`].
@@ -384,6 +385,108 @@ impl Maps for FakeMaps {
         w.host_routes = prefixes.to_vec();
         Ok(())
     }
+    fn assign_v6(&self, addr: std::net::Ipv6Addr, host_ifindex: u32) -> Result<(), DataplaneError> {
+        let mut w = lock(&self.0);
+        w.op("assign_v6", format!("{addr} {host_ifindex}"))
+            .map_err(|()| dp_err("assign_v6"))
+    }
+    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DataplaneError> {
+        let mut w = lock(&self.0);
+        w.op("set_host_addrs6", addrs.len())
+            .map_err(|()| dp_err("set_host_addrs6"))
+    }
+    fn v6_claims(&self, _host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
+        Vec::new()
+    }
+}
+
+/// Fake [`super::Lan6`]: a LAN where no router advertises, so every
+/// attachment of the unit tests is IPv4-only; the IPv6 work itself runs
+/// against the real kernel and servers in the scenarios (`tests/tests/ipv6.rs`).
+pub(crate) struct FakeLan6;
+
+fn no_ipv6() -> std::io::Error {
+    std::io::Error::other("the fake LAN has no IPv6")
+}
+
+impl super::Lan6 for FakeLan6 {
+    async fn view(&self) -> crate::ipv6::ra::RaView {
+        crate::ipv6::ra::RaView::new()
+    }
+    async fn obtain(
+        &self,
+        _id: &crate::ipv6::dhcp6::Dhcp6Identity,
+        _timeout: std::time::Duration,
+    ) -> Result<crate::ipv6::dhcp6::Lease6, crate::ipv6::dhcp6::Dhcp6Error> {
+        Err(no_ipv6().into())
+    }
+    async fn release(
+        &self,
+        _id: &crate::ipv6::dhcp6::Dhcp6Identity,
+        _lease: &crate::ipv6::dhcp6::Lease6,
+    ) -> Result<(), crate::ipv6::dhcp6::Dhcp6Error> {
+        Err(no_ipv6().into())
+    }
+    async fn decline(
+        &self,
+        _id: &crate::ipv6::dhcp6::Dhcp6Identity,
+        _lease: &crate::ipv6::dhcp6::Lease6,
+    ) -> Result<(), crate::ipv6::dhcp6::Dhcp6Error> {
+        Err(no_ipv6().into())
+    }
+    async fn maintain(
+        &self,
+        _id: &crate::ipv6::dhcp6::Dhcp6Identity,
+        _lease: crate::ipv6::dhcp6::Lease6,
+        _cancel: tokio_util::sync::CancellationToken,
+        _on_lease: impl FnMut(&crate::ipv6::dhcp6::Lease6) + Send,
+    ) -> Result<crate::ipv6::dhcp6::Lease6, crate::ipv6::dhcp6::Dhcp6Error> {
+        Err(no_ipv6().into())
+    }
+    async fn prepare_host_veth6(&self, _host_veth: &str) -> Result<(), NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn configure_pod6(
+        &self,
+        _netns: &Path,
+        _cfg: crate::netlink6::Pod6Config,
+    ) -> Result<(), NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn pod_dad(
+        &self,
+        _netns: &Path,
+        _ifname: &str,
+        _addr: std::net::Ipv6Addr,
+    ) -> Result<crate::netlink6::Dad, NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn remove_pod_address6(
+        &self,
+        _netns: &Path,
+        _ifname: &str,
+        _addr: std::net::Ipv6Addr,
+        _prefix: u8,
+    ) -> Result<(), NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn add_host_route6(
+        &self,
+        _ip: std::net::Ipv6Addr,
+        _ifindex: u32,
+    ) -> Result<(), NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn del_host_route6(
+        &self,
+        _ip: std::net::Ipv6Addr,
+        _ifindex: u32,
+    ) -> Result<(), NetlinkError> {
+        Err(NetlinkError::Connect(no_ipv6()))
+    }
+    async fn node_addresses6(&self) -> Result<Vec<std::net::Ipv6Addr>, NetlinkError> {
+        Ok(Vec::new())
+    }
 }
 
 fn dhcp_err(mac: [u8; 6]) -> DhcpError {
@@ -502,6 +605,7 @@ impl TestAgent {
             links: FakeLinks(Arc::clone(&world)),
             maps: FakeMaps(Arc::clone(&world)),
             leases: FakeLeases(Arc::clone(&world)),
+            lan6: FakeLan6,
             uplink: LinkInfo {
                 index: UPLINK_INDEX,
                 mac: [0x0a, 0, 0, 0, 0, 2],
@@ -596,6 +700,8 @@ pub(crate) fn request(container: &str, pod: &str) -> AttachmentRequest {
             }),
             mtu: None,
             port_security: Default::default(),
+            ipv6: Default::default(),
+            ipv6_iid: Default::default(),
         },
     }
 }

@@ -22,12 +22,14 @@ mod add;
 mod check;
 mod del_queue;
 mod gc;
+mod lan6;
 mod remove;
 mod renew;
 mod routes;
 mod seams;
 mod start;
 mod uplink;
+mod v6;
 
 #[cfg(test)]
 pub(crate) mod fakes;
@@ -53,6 +55,7 @@ use lanlink_common::{EndpointByIf, EndpointGuard, endpoint_flags};
 use tokio_util::sync::CancellationToken;
 
 pub use self::{
+    lan6::{Lan6, NodeLan6, RA_SETTLE},
     routes::{GATEWAY, pod_routes},
     seams::{Kernel, Leases, Links, Maps, Node, NodeLinks, NodeMaps},
     uplink::{Changed, UplinkView},
@@ -99,6 +102,26 @@ pub enum AgentError {
         #[source]
         source: DhcpError,
     },
+    /// No DHCPv6 lease could be obtained.
+    #[error("dhcpv6 on uplink {uplink}")]
+    Dhcp6 {
+        /// The uplink.
+        uplink: String,
+        /// What happened.
+        #[source]
+        source: crate::ipv6::dhcp6::Dhcp6Error,
+    },
+    /// The pod's duplicate address detection found its IPv6 address in
+    /// use on the LAN (the address was declined or given up).
+    #[error(
+        "IPv6 address {address} ({how}) is already in use on the LAN (duplicate address detection failed)"
+    )]
+    Ipv6Conflict {
+        /// The address.
+        address: std::net::Ipv6Addr,
+        /// `slaac` or `dhcpv6`.
+        how: &'static str,
+    },
     /// Interface, address or route work failed.
     #[error(transparent)]
     Netlink(#[from] NetlinkError),
@@ -132,7 +155,9 @@ impl AgentError {
         match self {
             AgentError::InvalidConfig { .. } => codes::INVALID_CONFIG,
             AgentError::IdentityInUse { .. } => codes::TRY_AGAIN_LATER,
-            AgentError::Dhcp { .. } => codes::DHCP_FAILED,
+            AgentError::Dhcp { .. }
+            | AgentError::Dhcp6 { .. }
+            | AgentError::Ipv6Conflict { .. } => codes::DHCP_FAILED,
             AgentError::Netlink(_) => codes::NETLINK,
             AgentError::Dataplane(_) => codes::DATAPLANE,
             AgentError::State(_) | AgentError::AllmultiMarker { .. } => codes::INTERNAL,
@@ -189,6 +214,7 @@ pub struct Agent<K: Kernel = Node> {
     links: K::Links,
     maps: K::Maps,
     leases: K::Leases,
+    lan6: K::Lan6,
     store: Store,
     state: Mutex<State>,
     /// Per-attachment locks, by key.
@@ -241,6 +267,8 @@ pub struct Parts<K: Kernel> {
     pub maps: K::Maps,
     /// DHCP.
     pub leases: K::Leases,
+    /// IPv6: router advertisements, DHCPv6, the pods' IPv6.
+    pub lan6: K::Lan6,
     /// The uplink link.
     pub uplink: LinkInfo,
     /// Its addresses and state at start.
@@ -373,6 +401,24 @@ fn result_for(ep: &Endpoint, routes: &[PodRoute]) -> AttachmentResult {
         };
         r.lease = Some(lease_info(ep, l));
     }
+    if let Some(a) = &ep.ipv6 {
+        r.ips.push(IpConfig {
+            address: format!("{}/{}", a.address, a.prefix_len),
+            gateway: a
+                .router
+                .filter(|_| ep.config.mode == Mode::Primary)
+                .map(|g| g.to_string()),
+            interface: Some(1),
+        });
+        r.routes
+            .extend(v6::routes6(ep.config.mode, a).iter().map(|r| Route {
+                dst: format!("{}/{}", r.dst, r.prefix),
+                gw: r.gw.map(|g| g.to_string()),
+            }));
+        r.dns
+            .nameservers
+            .extend(a.dns.iter().map(ToString::to_string));
+    }
     r
 }
 
@@ -397,6 +443,7 @@ impl<K: Kernel> Agent<K> {
             links: parts.links,
             maps: parts.maps,
             leases: parts.leases,
+            lan6: parts.lan6,
             store,
             state: Mutex::new(state),
             locks: Mutex::default(),

@@ -78,6 +78,7 @@ impl<K: Kernel> Agent<K> {
         {
             h.abort();
         }
+        self.stop_renewal6(&key);
         let owns_mac = self.owns_mac(ep.mac, &key);
         if !owns_mac {
             warn!(attachment = %key, mac = %fmt_mac(&ep.mac), "another attachment holds this MAC; leaving its map entry, filter entry and lease alone");
@@ -102,6 +103,13 @@ impl<K: Kernel> Agent<K> {
                 warn!(attachment = %key, error = %e, "release failed");
             }
             super::crash_point("del-released");
+        }
+        if let Some(a) = &ep.ipv6
+            && owns_mac
+        {
+            // As for DHCPv4: a failed Release does not block DEL.
+            self.release6(&key, ep.host_ifindex, super::v6::id6(ep).as_ref(), a, false)
+                .await;
         }
         // `unregister` already took the veth out of the flood list.
         self.commit(&key, None).await?;

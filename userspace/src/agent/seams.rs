@@ -133,6 +133,14 @@ pub trait Maps: Send + Sync + 'static {
     fn set_flood(&self, members: &[u32]) -> Result<(), DataplaneError>;
     /// Replaces the host-routes trie.
     fn set_host_routes(&self, prefixes: &[(Ipv4Addr, u8)]) -> Result<(), DataplaneError>;
+    /// Records that the endpoint of a host veth owns an IPv6 address the
+    /// agent gave it.
+    fn assign_v6(&self, addr: std::net::Ipv6Addr, host_ifindex: u32) -> Result<(), DataplaneError>;
+    /// The IPv6 addresses held by the endpoint of a host veth in the guard
+    /// (`V6_OWNERS`): the dataplane drops one when a LAN host defends it.
+    fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr>;
+    /// Replaces the node's IPv6 addresses the neighbour responder answers for.
+    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DataplaneError>;
 }
 
 /// The DHCP client speaking for the pods.
@@ -160,6 +168,8 @@ pub trait Kernel: Send + Sync + 'static {
     type Maps: Maps;
     /// DHCP.
     type Leases: Leases;
+    /// IPv6.
+    type Lan6: super::Lan6;
 }
 
 /// The real node: rtnetlink, the loaded [`Dataplane`], the [`DhcpClient`].
@@ -170,6 +180,7 @@ impl Kernel for Node {
     type Links = NodeLinks;
     type Maps = NodeMaps;
     type Leases = DhcpClient;
+    type Lan6 = super::NodeLan6;
 }
 
 /// [`Links`] over an rtnetlink handle of the agent's namespace.
@@ -311,6 +322,15 @@ impl Maps for NodeMaps {
     }
     fn set_host_routes(&self, prefixes: &[(Ipv4Addr, u8)]) -> Result<(), DataplaneError> {
         self.with(|dp| dp.set_host_routes(prefixes))
+    }
+    fn assign_v6(&self, addr: std::net::Ipv6Addr, host_ifindex: u32) -> Result<(), DataplaneError> {
+        self.with(|dp| dp.assign_v6(addr, host_ifindex))
+    }
+    fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DataplaneError> {
+        self.with(|dp| dp.set_host_addrs6(addrs))
+    }
+    fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
+        self.with(|dp| dp.v6_claims(host_ifindex))
     }
 }
 

@@ -40,8 +40,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::{
-    Agent, AgentConfig, Kernel, Leases as _, Links as _, Maps as _, Node, NodeLinks, NodeMaps,
-    Parts, UplinkView, host_veth_mac,
+    Agent, AgentConfig, Kernel, Lan6 as _, Leases as _, Links as _, Maps as _, Node, NodeLinks,
+    NodeMaps, Parts, UplinkView, host_veth_mac,
 };
 use crate::{
     dataplane::{Dataplane, DataplaneConfig, Hook},
@@ -118,7 +118,9 @@ impl Agent<Node> {
         // The flow map's owner starts once the agent exists; DELs can queue
         // purges to it before that.
         let (flows, flow_owner) = crate::flows::owner();
+        let lan6 = super::NodeLan6::start(&cfg.uplink, uplink.index, nl.clone(), shutdown.clone());
         let parts = Parts {
+            lan6,
             links: NodeLinks::new(nl),
             maps: NodeMaps::new(dp, flows),
             leases: dhcp,
@@ -146,6 +148,7 @@ impl Agent<Node> {
             .sync_host_routes()
             .await
             .context("write the host-routes map")?;
+        agent.sync_host_addrs6().await;
         let events = events.filter_map(|(msg, _)| async move {
             match msg.payload {
                 NetlinkPayload::InnerMessage(m) => Some(m),
@@ -225,6 +228,20 @@ impl<K: Kernel> Agent<K> {
                     }
                     if ep.lease.is_some() && !ep.expired {
                         self.spawn_renewal(key.clone());
+                    }
+                    if let Some(a) = &ep.ipv6 {
+                        // The guard's entry (a crash may have lost it), the
+                        // node's route, the DHCPv6 schedule from the state
+                        // file's lease: no new Solicit.
+                        if let Err(e) = self.maps.assign_v6(a.address, l.index) {
+                            warn!(attachment = %key, error = %e, "cannot restore the IPv6 guard entry");
+                        }
+                        if let Err(e) = self.lan6.add_host_route6(a.address, l.index).await {
+                            warn!(attachment = %key, error = %e, "cannot restore the IPv6 host route");
+                        }
+                        if a.lease.is_some() {
+                            self.spawn_renewal6(key.clone());
+                        }
                     }
                     adopted.push(key.clone());
                     if repaired.is_empty() {

@@ -89,6 +89,13 @@ impl<K: Kernel> Agent<K> {
             {
                 self.host_link_changed(netlink::link_info(l));
             }
+            if let RouteNetlinkMessage::NewAddress(a) | RouteNetlinkMessage::DelAddress(a) = &msg
+                && a.header.index == self.uplink.index
+                && a.header.family == rtnetlink::packet_route::AddressFamily::Inet6
+            {
+                // Added, gone, or out of duplicate address detection.
+                self.sync_host_addrs6().await;
+            }
             let (changed, view) = {
                 let mut view = self.uplink_view();
                 (view.apply(self.uplink.index, &msg), view.clone())
@@ -107,6 +114,21 @@ impl<K: Kernel> Agent<K> {
 }
 
 impl<K: Kernel> Agent<K> {
+    /// Writes the node's usable global IPv6 addresses on the uplink into
+    /// the neighbour responder's map (`HOST_ADDRS6`): pods reach the node
+    /// at them through their host veth. Failures are logged; the map keeps
+    /// what it had.
+    pub(super) async fn sync_host_addrs6(&self) {
+        use super::{Lan6 as _, Maps as _};
+        match self.lan6.node_addresses6().await {
+            Ok(addrs) => match self.maps.set_host_addrs6(&addrs) {
+                Ok(()) => tracing::debug!(addresses = ?addrs, "node IPv6 addresses written"),
+                Err(e) => warn!(error = %e, "cannot write the node's IPv6 addresses"),
+            },
+            Err(e) => warn!(error = %e, "cannot read the node's IPv6 addresses"),
+        }
+    }
+
     /// A link changed: when it is a host veth whose MAC is no longer the one
     /// the agent set (udev's `MACAddressPolicy=persistent` on hosts whose
     /// rules match veths, an administrator), put the recorded MAC back at

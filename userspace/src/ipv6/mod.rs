@@ -3,9 +3,10 @@
 //! client that speaks on a pod's behalf from the pod's MAC and link-local
 //! address on the uplink ([`dhcp6`]).
 //!
-//! Not yet wired into the agent: nothing here is called from ADD/DEL, the
-//! CNI result or the eBPF dataplane yet.
+//! What a pod gets is decided and recorded in [`assign`]; the agent's
+//! ADD, DEL, renewal and restart use it (`crate::agent::v6`).
 
+pub mod assign;
 pub mod dhcp6;
 pub mod ra;
 mod sys;

@@ -178,6 +178,8 @@ pub struct Endpoint {
     pub lease: Option<Lease>,
     /// Whether the lease expired without renewal.
     pub expired: bool,
+    /// The IPv6 address the agent gave the pod, if any.
+    pub ipv6: Option<crate::ipv6::assign::Assignment>,
 }
 
 impl Endpoint {
@@ -201,6 +203,11 @@ impl Endpoint {
                 .lease
                 .as_ref()
                 .map(|l| format!("{}/{}", l.address, l.prefix_len)),
+            ipv6: self
+                .ipv6
+                .as_ref()
+                .map(|a| format!("{}/{}", a.address, a.prefix_len)),
+            ipv6_source: self.ipv6.as_ref().map(|a| a.source.as_str().to_string()),
             mode: self.config.mode,
             port_security: self.config.port_security,
             drops: Default::default(),

@@ -33,6 +33,7 @@ fn endpoint(container_id: &str, lease: Option<Lease>) -> Endpoint {
         mac: [2, 0, 0, 0, 0, 1],
         lease,
         expired: false,
+        ipv6: None,
     }
 }
 
@@ -84,6 +85,8 @@ fn full_state() -> State {
         mtu: Some(1400),
         // The released file predates the switches: the defaults.
         port_security: Default::default(),
+        ipv6: Default::default(),
+        ipv6_iid: Default::default(),
     };
     ep.expired = true;
     let mut st = State::default();

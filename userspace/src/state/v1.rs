@@ -6,12 +6,16 @@
 //! the lease in snake_case), so those files load unchanged. A new layout gets
 //! a `v2` module beside this one and a migration in [`super::Store::load`].
 
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    time::{Duration, Instant, SystemTime},
+};
 
 use lanlink_api::{self as wire, CidrError, DhcpOption, DhcpOptionError, Ipv4Cidr, PodIdentity};
 use serde::{Deserialize, Serialize};
 
-use crate::dhcp;
+use crate::{dhcp, ipv6};
 
 /// The format version these types read and write.
 pub const VERSION: u32 = 1;
@@ -54,6 +58,67 @@ pub struct Endpoint {
     /// Whether the lease expired without renewal.
     #[serde(default)]
     pub expired: bool,
+    /// The IPv6 address the agent gave the pod, if any (absent in records
+    /// written before IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6>,
+}
+
+/// The IPv6 side of an attachment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Ipv6 {
+    /// The pod's address.
+    pub address: Ipv6Addr,
+    /// Its prefix length.
+    pub prefix_len: u8,
+    /// `slaac` or `dhcpv6`.
+    pub source: Ipv6Source,
+    /// The default router's link-local address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub router: Option<Ipv6Addr>,
+    /// On-link prefixes as `(prefix, length)`.
+    #[serde(default)]
+    pub on_link: Vec<(Ipv6Addr, u8)>,
+    /// DNS servers.
+    #[serde(default)]
+    pub dns: Vec<Ipv6Addr>,
+    /// The DHCPv6 lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<Lease6>,
+}
+
+/// Where an IPv6 address came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Source {
+    /// SLAAC by the agent.
+    Slaac,
+    /// DHCPv6.
+    Dhcpv6,
+}
+
+/// A DHCPv6 lease.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Lease6 {
+    /// The IA_NA address.
+    pub address: Ipv6Addr,
+    /// Preferred lifetime, seconds.
+    pub preferred_secs: u32,
+    /// Valid lifetime, seconds.
+    pub valid_secs: u32,
+    /// T1, seconds after `obtained_at_unix_ms`.
+    pub t1_secs: u32,
+    /// T2, seconds after `obtained_at_unix_ms`.
+    pub t2_secs: u32,
+    /// The server's DUID, hex.
+    pub server_id: String,
+    /// Option 23.
+    #[serde(default)]
+    pub dns: Vec<Ipv6Addr>,
+    /// Unix time of the reply, in milliseconds.
+    pub obtained_at_unix_ms: u64,
 }
 
 /// Who the pod is.
@@ -95,6 +160,45 @@ pub struct Attachment {
     /// before the switches existed have none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub port_security: Option<PortSecurity>,
+    /// IPv6 addressing; absent in records written before it existed:
+    /// `auto`, the netconf's default.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipv6: Ipv6Mode,
+    /// How SLAAC interface identifiers are made.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub ipv6_iid: Ipv6Iid,
+}
+
+/// Whether `v` is its type's default (left out of the file, so records
+/// without the field are written back unchanged).
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+
+/// IPv6 addressing of an attachment.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ipv6Mode {
+    /// None.
+    Off,
+    /// SLAAC.
+    Slaac,
+    /// DHCPv6.
+    Dhcpv6,
+    /// As the router advertisements say.
+    #[default]
+    Auto,
+}
+
+/// How SLAAC interface identifiers are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ipv6Iid {
+    /// Modified EUI-64 of the MAC.
+    #[default]
+    Eui64,
+    /// RFC 7217.
+    StablePrivacy,
 }
 
 /// The first-hop security switches of an attachment.
@@ -257,6 +361,7 @@ impl From<&super::Endpoint> for Endpoint {
             mac: ep.mac,
             lease: ep.lease.as_ref().map(Lease::from),
             expired: ep.expired,
+            ipv6: ep.ipv6.as_ref().map(Ipv6::from),
         }
     }
 }
@@ -281,6 +386,10 @@ impl Endpoint {
             mac: ep.mac,
             lease: ep.lease.map(dhcp::Lease::from),
             expired: ep.expired,
+            ipv6: match ep.ipv6 {
+                None => None,
+                Some(v6) => Some(v6.into_assignment(key)?),
+            },
         })
     }
 }
@@ -318,6 +427,16 @@ impl From<&wire::AttachmentConfig> for Attachment {
                 broadcast_pps: c.port_security.broadcast_pps,
                 broadcast_burst: c.port_security.broadcast_burst,
             }),
+            ipv6: match c.ipv6 {
+                wire::Ipv6Mode::Off => Ipv6Mode::Off,
+                wire::Ipv6Mode::Slaac => Ipv6Mode::Slaac,
+                wire::Ipv6Mode::Dhcpv6 => Ipv6Mode::Dhcpv6,
+                wire::Ipv6Mode::Auto => Ipv6Mode::Auto,
+            },
+            ipv6_iid: match c.ipv6_iid {
+                wire::Ipv6Iid::Eui64 => Ipv6Iid::Eui64,
+                wire::Ipv6Iid::StablePrivacy => Ipv6Iid::StablePrivacy,
+            },
         }
     }
 }
@@ -352,6 +471,14 @@ pub enum InvalidRecord {
         /// Why.
         #[source]
         source: DhcpOptionError,
+    },
+    /// The DHCPv6 lease record is malformed.
+    #[error("attachment {key}: DHCPv6 lease: {reason}")]
+    Ipv6Lease {
+        /// The attachment.
+        key: String,
+        /// Why.
+        reason: String,
     },
 }
 
@@ -423,6 +550,16 @@ impl Attachment {
                     reason,
                 })?,
             },
+            ipv6: match self.ipv6 {
+                Ipv6Mode::Off => wire::Ipv6Mode::Off,
+                Ipv6Mode::Slaac => wire::Ipv6Mode::Slaac,
+                Ipv6Mode::Dhcpv6 => wire::Ipv6Mode::Dhcpv6,
+                Ipv6Mode::Auto => wire::Ipv6Mode::Auto,
+            },
+            ipv6_iid: match self.ipv6_iid {
+                Ipv6Iid::Eui64 => wire::Ipv6Iid::Eui64,
+                Ipv6Iid::StablePrivacy => wire::Ipv6Iid::StablePrivacy,
+            },
         })
     }
 }
@@ -472,5 +609,84 @@ impl From<Lease> for dhcp::Lease {
             t2_secs: l.t2_secs,
             obtained_at_unix: l.obtained_at_unix,
         }
+    }
+}
+
+impl From<&ipv6::assign::Assignment> for Ipv6 {
+    fn from(a: &ipv6::assign::Assignment) -> Self {
+        Self {
+            address: a.address,
+            prefix_len: a.prefix_len,
+            source: match a.source {
+                ipv6::assign::Source::Slaac => Ipv6Source::Slaac,
+                ipv6::assign::Source::Dhcpv6 => Ipv6Source::Dhcpv6,
+            },
+            router: a.router,
+            on_link: a.on_link.clone(),
+            dns: a.dns.clone(),
+            lease: a.lease.as_ref().map(|l| Lease6 {
+                address: l.address,
+                preferred_secs: l.preferred,
+                valid_secs: l.valid,
+                t1_secs: l.t1,
+                t2_secs: l.t2,
+                server_id: l.server_id.iter().map(|b| format!("{b:02x}")).collect(),
+                dns: l.dns.clone(),
+                obtained_at_unix_ms: l
+                    .obtained_wall
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }),
+        }
+    }
+}
+
+impl Ipv6 {
+    /// The assignment this record describes; the lease's monotonic time is
+    /// set back by the wall-clock time since it was obtained.
+    pub fn into_assignment(self, key: &str) -> Result<ipv6::assign::Assignment, InvalidRecord> {
+        let lease = match self.lease {
+            None => None,
+            Some(l) => {
+                let server_id = (0..l.server_id.len())
+                    .step_by(2)
+                    .map(|i| {
+                        l.server_id
+                            .get(i..i + 2)
+                            .and_then(|h| u8::from_str_radix(h, 16).ok())
+                    })
+                    .collect::<Option<Vec<u8>>>()
+                    .ok_or_else(|| InvalidRecord::Ipv6Lease {
+                        key: key.into(),
+                        reason: format!("server id {:?} is not hex", l.server_id),
+                    })?;
+                let wall = SystemTime::UNIX_EPOCH + Duration::from_millis(l.obtained_at_unix_ms);
+                let age = SystemTime::now().duration_since(wall).unwrap_or_default();
+                let now = Instant::now();
+                Some(ipv6::dhcp6::Lease6 {
+                    address: l.address,
+                    preferred: l.preferred_secs,
+                    valid: l.valid_secs,
+                    t1: l.t1_secs,
+                    t2: l.t2_secs,
+                    server_id,
+                    dns: l.dns,
+                    obtained: now.checked_sub(age).unwrap_or(now),
+                    obtained_wall: wall,
+                })
+            }
+        };
+        Ok(ipv6::assign::Assignment {
+            address: self.address,
+            prefix_len: self.prefix_len,
+            source: match self.source {
+                Ipv6Source::Slaac => ipv6::assign::Source::Slaac,
+                Ipv6Source::Dhcpv6 => ipv6::assign::Source::Dhcpv6,
+            },
+            router: self.router,
+            on_link: self.on_link,
+            dns: self.dns,
+            lease,
+        })
     }
 }

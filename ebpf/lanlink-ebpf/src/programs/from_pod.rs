@@ -4,11 +4,11 @@
 //! VLAN tags and frames to the 802.1 control groups are refused; DHCP is
 //! snooped (`dhcp_guard`); ARP, IPv4 and IPv6 senders are checked against
 //! the endpoint (IPv6 with its RA guard, `ipv6`), and the host-bound cases
-//! (the ARP responder, replies of flows that came through the node's stack)
-//! are answered before any forwarding decision; then broadcast is limited
-//! (storm control) and flooded, frames for the host veth go to the stack,
-//! frames for a local pod go straight into it, and the rest leaves through
-//! the uplink.
+//! (the ARP responder and its IPv6 twin for the node's addresses, `nd`;
+//! replies of flows that came through the node's stack) are answered before
+//! any forwarding decision; then broadcast is limited (storm control) and
+//! flooded, frames for the host veth go to the stack, frames for a local pod
+//! go straight into it, and the rest leaves through the uplink.
 
 use aya_ebpf::programs::TcContext;
 use lanlink_common::{DropReason, EndpointByIf, MacKey, Verdict, endpoint_flags};
@@ -16,7 +16,7 @@ use lanlink_common::{DropReason, EndpointByIf, MacKey, Verdict, endpoint_flags};
 use crate::{
     arp, dhcp_guard,
     eth::{self, ETH_P_ARP, ETH_P_IP, ETH_P_IPV6, PACKET_HOST},
-    flood, flows, guard, ipv4, ipv6, maps,
+    flood, flows, guard, ipv4, ipv6, maps, nd,
     programs::Action,
     redirect,
 };
@@ -76,6 +76,9 @@ pub(crate) fn try_from_pod(ctx: &TcContext) -> Result<Action, DropReason> {
             }
             let ip = ipv6::read(ctx)?;
             ipv6::check(ctx, &ip, &ep, ifindex)?;
+            if let Some(sol) = nd::host_solicitation(ctx, &ip) {
+                return answer_nd(ctx, &sol, &ep, ifindex);
+            }
         }
         _ => {
             if ep.flags & endpoint_flags::EXPIRED != 0 {
@@ -113,6 +116,20 @@ fn answer_arp(
 ) -> Result<Action, DropReason> {
     arp::turn_into_reply(ctx, arp, ep)?;
     redirect::to_egress(ifindex, Verdict::ArpReply)
+}
+
+/// Answers a neighbour solicitation for a node IPv6 address with the host
+/// veth's MAC, as `answer_arp` answers ARP: back out of the host veth
+/// `ifindex`, into the pod.
+#[inline(always)]
+fn answer_nd(
+    ctx: &TcContext,
+    sol: &nd::Solicitation,
+    ep: &EndpointByIf,
+    ifindex: u32,
+) -> Result<Action, DropReason> {
+    nd::turn_into_advert(ctx, sol, ep)?;
+    redirect::to_egress(ifindex, Verdict::NdReply)
 }
 
 /// Sends the reply of a flow that entered the pod through the node's stack

@@ -17,8 +17,9 @@
 //!   carries the pod's MAC as source, and its IPv4 address (or 0.0.0.0 for
 //!   DHCP to a server, UDP port 67), ARP sender (or a probe's 0.0.0.0), or an IPv6
 //!   source it owns (its EUI-64 link-local, a claimed address, or `::`);
-//!   the one exception is the ARP reply the program makes itself and sends
-//!   back into the asking pod.
+//!   the exceptions are the ARP reply and the neighbour advertisement (for
+//!   the node's IPv6 address in `HOST_ADDRS6`) the program makes itself and
+//!   sends back into the asking pod.
 //!
 //! The seed is printed; `LANLINK_RANDOM_FRAMES_SEED=<seed>` replays a run. A
 //! failure prints the seed, the program, the frame's number and its bytes
@@ -44,6 +45,9 @@ const OWN_DHCP_POD: u8 = 3;
 const OPEN_POD: u8 = 2;
 /// A prefix of the node's host routes (answered ARP).
 const HOST_ROUTE: [u8; 4] = [198, 18, 100, 0];
+/// The node's IPv6 address in `HOST_ADDRS6` (answered neighbour
+/// solicitations): one of the [`v6_addr`] picks.
+const HOST_ADDR6_LAST: u8 = 20;
 /// Longest frame generated (an Ethernet MTU frame).
 const MAX_FRAME: usize = 1514;
 
@@ -110,7 +114,7 @@ fn v6(last: u8) -> [u8; 16] {
 
 /// The endpoints of the lab: as [`register`] does for pods 1 and 2 (pod 2
 /// with the DHCP-server and RA switches on), pod 3 with its own DHCP
-/// client and a learnt address; and a host route.
+/// client and a learnt address; a host route and a node IPv6 address.
 fn setup(lab: &mut Lab) -> Vec<Endpoint> {
     let eps = vec![
         endpoint(lab, 1, endpoint_flags::AGENT_DHCP),
@@ -127,6 +131,7 @@ fn setup(lab: &mut Lab) -> Vec<Endpoint> {
         lab.harness.add_endpoint(ep).unwrap();
     }
     lab.harness.add_host_route(HOST_ROUTE, 24).unwrap();
+    lab.harness.add_host_addr6(v6(HOST_ADDR6_LAST)).unwrap();
     eps
 }
 
@@ -236,8 +241,16 @@ fn l4(rng: &mut Rng, mac: [u8; 6]) -> (u8, Vec<u8>) {
 /// An ICMPv6 message or DHCPv6 datagram, possibly behind extension headers.
 fn ipv6_payload(rng: &mut Rng, n: u8) -> (u8, Vec<u8>) {
     let (nh, payload) = match rng.below(8) {
-        // NS (DAD or resolution), NA.
-        0 => (IPPROTO_ICMPV6, icmpv6(135, &nd_target(v6_addr(rng, n)))),
+        // NS (DAD or resolution; often for the node's address, which the
+        // program answers), NA.
+        0 => {
+            let target = if rng.one_in(3) {
+                v6(HOST_ADDR6_LAST)
+            } else {
+                v6_addr(rng, n)
+            };
+            (IPPROTO_ICMPV6, icmpv6(135, &nd_target(target)))
+        }
         1 => (IPPROTO_ICMPV6, icmpv6(136, &nd_target(v6_addr(rng, n)))),
         // RS, RA, redirect.
         2 => (IPPROTO_ICMPV6, icmpv6(rng.pick(&[133, 134, 137]), &[0; 12])),
@@ -558,11 +571,12 @@ fn check(
     if run.code == tc::SHOT && !cloned {
         return Ok(());
     }
-    // The ARP reply the program writes goes back into the asking pod.
+    // The ARP reply or neighbour advertisement the program writes goes
+    // back into the asking pod.
     let answered = run
         .counted
         .iter()
-        .any(|(s, _)| *s == Verdict::ArpReply.slot())
+        .any(|(s, _)| *s == Verdict::ArpReply.slot() || *s == Verdict::NdReply.slot())
         && run
             .redirects
             .iter()
