@@ -289,6 +289,64 @@ fn dnsmasq_dhcpv6_lease_reported_released_and_resumed() -> Result<()> {
     Ok(())
 }
 
+/// The agent killed in an ADD after the DHCPv6 Reply (debug builds'
+/// `LANLINK_TEST_CRASH_AT`, at `add-leased`): the restarted agent releases
+/// the lease from the ADD's in-flight record; dnsmasq forgets it.
+#[test]
+fn a_dhcpv6_lease_of_an_add_killed_midway_is_released_at_restart() -> Result<()> {
+    lanlink_lab::require_root();
+    let lan = Lan::new(LanOptions::default())?;
+    let d6 = Dnsmasq6::start(&lan, Dnsmasq6Mode::Stateful, 600)?;
+    let node = Node::new(&lan, "node", NODE_IP)?;
+    let dir = lanlink_lab::cleanup::LabDir::new("crash6")?;
+    let trigger = dir.path().join("crash-at");
+    let mut agent = Agent::start(
+        &node,
+        AgentOptions {
+            env: vec![(
+                "LANLINK_TEST_CRASH_AT".into(),
+                trigger.display().to_string(),
+            )],
+            ..AgentOptions::default()
+        },
+    )?;
+    std::fs::write(&trigger, "add-leased")?;
+    let netconf = lanlink_lab::cni::lab_netconf(&agent);
+    let ns = node.pod_netns("crash-0")?;
+    let out = pods::try_add(&node, &ns, "crash-0", "crash-0", &netconf)?;
+    ensure!(out.code != 0, "the ADD survived its agent: {}", out.stdout);
+    wait_until(Duration::from_secs(15), "the agent to die", || {
+        Ok((!agent.is_running()).then_some(()))
+    })?;
+    ensure!(agent.log().contains("crash injected"), "{}", agent.log());
+    // Positive control: the server holds the lease of the dead ADD.
+    let want_duid = duid("crash-0");
+    let held: Vec<Ipv6Addr> = d6
+        .leases()
+        .iter()
+        .filter(|l| l.duid.eq_ignore_ascii_case(&want_duid))
+        .map(|l| l.ip)
+        .collect();
+    ensure!(
+        held.len() == 1,
+        "dnsmasq's leases of the pod: {:?}",
+        d6.leases()
+    );
+    agent.kill(Signal::SIGKILL)?;
+    agent.restart()?;
+    wait_leases("the lease of the dead ADD released", || {
+        !d6.leases().iter().any(|l| l.ip == held[0])
+    })
+    .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    ensure!(
+        agent.log().contains("DHCPv6 lease released"),
+        "the restart did not say so: {}",
+        agent.log()
+    );
+    ensure!(pods::host_veths(&node)?.is_empty(), "a veth was left");
+    Ok(())
+}
+
 /// (b) radvd, SLAAC only: the pod's address is the prefix + the EUI-64 of
 /// its stable MAC; the same after re-creation; no default route in
 /// secondary mode.
@@ -322,10 +380,104 @@ fn radvd_slaac_address_reported() -> Result<()> {
         "more than the agent's address: {addrs}"
     );
     check_host(&pod, &node)?;
+    // CHECK with the ADD result passes; without the pod's IPv6 address it
+    // fails naming it.
+    let check = || {
+        let mut conf = pod.netconf.clone();
+        conf["prevResult"] = pod.result.clone();
+        let call =
+            lanlink_lab::cni::CniCall::new("CHECK", &pod.container_id, Some(pod.ns.path()), conf)
+                .in_netns(node.path());
+        lanlink_lab::cni::cni(&lanlink_lab::bin_dir(), &call)
+    };
+    let ok = check()?;
+    ensure!(ok.code == 0, "CHECK failed: {} {}", ok.stdout, ok.stderr);
+    pod.ns.run_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "del",
+        &format!("{addr}/64"),
+        "dev",
+        "eth0",
+    ])?;
+    let bad = check()?;
+    ensure!(
+        bad.code != 0 && bad.stdout.contains(&addr.to_string()),
+        "CHECK without the IPv6 address: {} {}",
+        bad.stdout,
+        bad.stderr
+    );
     del_pod(&node, &agent, &pod)?;
     let again = add_pod(&node, &agent, "slaac-0")?;
     ensure!(v6_of(&again)?.0 == addr, "re-created pod's address differs");
     del_pod(&node, &agent, &again)?;
+    Ok(())
+}
+
+/// mDNS over IPv6 (ff02::fb) both ways between a pod and a LAN host: the
+/// pod is a LAN device for link-local multicast too.
+#[test]
+fn mdns_over_ipv6_both_ways() -> Result<()> {
+    lanlink_lab::require_root();
+    let lab_net = lanlink_lab::tool("lab-net")?;
+    let bin = lab_net.to_str().context("a UTF-8 path")?;
+    let lan = Lan::new(LanOptions::default())?;
+    let _radvd = Radvd::start(&lan, RadvdOptions::default())?;
+    let host = lan.add_host("host", std::net::Ipv4Addr::new(198, 18, 0, 50))?;
+    let node = Node::new(&lan, "node", NODE_IP)?;
+    let agent = Agent::start(&node, AgentOptions::default())?;
+    let pod = add_pod(&node, &agent, "mdns-0")?;
+    v6_of(&pod)?;
+    // The LAN host's kernel sends nothing from a tentative link-local address.
+    lanlink_lab::lan6::wait_link_local(host.ns(), "eth0")?;
+    for (from, to, what) in [
+        (host.ns(), &pod.ns, "LAN host → pod"),
+        (&pod.ns, host.ns(), "pod → LAN host"),
+    ] {
+        let recv = lanlink_lab::traffic::Tool::spawn(
+            to,
+            &lab_net,
+            &[
+                "udp-recv",
+                "--bind",
+                "[::]:5353",
+                "--group",
+                "ff02::fb",
+                "--count",
+                "3",
+                "--timeout-ms",
+                "10000",
+            ],
+        )?;
+        let sent = from.run(&[
+            bin,
+            "udp-send",
+            "--to",
+            "[ff02::fb]:5353",
+            "--ifname",
+            "eth0",
+            "--text",
+            "mdns6",
+            "--count",
+            "3",
+            "--interval-ms",
+            "100",
+        ])?;
+        ensure!(
+            sent.status.success(),
+            "{what}: udp-send: {}{}",
+            String::from_utf8_lossy(&sent.stdout),
+            String::from_utf8_lossy(&sent.stderr)
+        );
+        let got = recv.finish(Duration::from_secs(15))?;
+        ensure!(
+            got.len() == 3 && got.iter().all(|g| g.data == b"mdns6"),
+            "{what}: {} of 3 mDNS datagrams",
+            got.len()
+        );
+    }
+    del_pod(&node, &agent, &pod)?;
     Ok(())
 }
 

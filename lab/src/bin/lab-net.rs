@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! lab-net udp-recv --bind IP:PORT [--group G] --count N --timeout-ms T
-//! lab-net udp-send --to IP:PORT (--text S | --hex H) [--count N] [--interval-ms I]
+//! lab-net udp-send --to IP:PORT (--text S | --hex H) [--count N] [--interval-ms I] [--ifname IF]
 //! lab-net tcp-serve --port P --timeout-ms T [--count N]
 //! lab-net tcp-connect --to IP:PORT (--text S | --bytes N) --timeout-ms T
 //! lab-net raw-send --iface IF --hex FRAME [--count N] [--interval-ms I]
@@ -66,6 +66,25 @@ impl Args<'_> {
         }
     }
 
+    /// `IPv4:port` or `[IPv6]:port`; an IPv6 link-local or multicast
+    /// address takes its scope from `--ifname`.
+    fn any_addr(&self, flag: &str) -> Result<SocketAddr> {
+        let v = self.req(flag)?;
+        let mut a: SocketAddr = v
+            .parse()
+            .map_err(|_| format!("{flag}: {v:?} is not IP:port"))?;
+        if let (SocketAddr::V6(a6), Some(ifname)) = (&mut a, self.get("--ifname")) {
+            let name = std::ffi::CString::new(ifname).map_err(|_| "--ifname".to_string())?;
+            // SAFETY: a NUL-terminated name.
+            let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+            if index == 0 {
+                return Err(format!("--ifname {ifname}: no such interface"));
+            }
+            a6.set_scope_id(index);
+        }
+        Ok(a)
+    }
+
     fn addr(&self, flag: &str) -> Result<SocketAddrV4> {
         let v = self.req(flag)?;
         v.parse()
@@ -118,17 +137,25 @@ fn io(what: &str) -> impl FnOnce(std::io::Error) -> String + '_ {
 }
 
 fn udp_recv(a: &Args) -> Result<bool> {
-    let bind = a.addr("--bind")?;
+    let bind = a.any_addr("--bind")?;
     let count = a.num("--count", 1)?;
     let deadline = Instant::now() + a.timeout()?;
     let sock = UdpSocket::bind(bind).map_err(io("bind"))?;
     // Broadcasts (WoL) are delivered to a socket bound to 0.0.0.0 anyway;
     // SO_BROADCAST makes the intent explicit.
-    sock.set_broadcast(true).map_err(io("SO_BROADCAST"))?;
+    if bind.is_ipv4() {
+        sock.set_broadcast(true).map_err(io("SO_BROADCAST"))?;
+    }
     if let Some(g) = a.get("--group") {
-        let group: Ipv4Addr = g.parse().map_err(|_| format!("--group {g:?}"))?;
-        sock.join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)
-            .map_err(io("join the group"))?;
+        match g.parse().map_err(|_| format!("--group {g:?}"))? {
+            std::net::IpAddr::V4(group) => sock
+                .join_multicast_v4(&group, &Ipv4Addr::UNSPECIFIED)
+                .map_err(io("join the group"))?,
+            // On the interface the kernel routes the group to (the only one).
+            std::net::IpAddr::V6(group) => sock
+                .join_multicast_v6(&group, 0)
+                .map_err(io("join the group"))?,
+        }
     }
     say("ready");
     let mut got = 0;
@@ -159,12 +186,17 @@ fn udp_recv(a: &Args) -> Result<bool> {
 }
 
 fn udp_send(a: &Args) -> Result<bool> {
-    let to = a.addr("--to")?;
+    let to = a.any_addr("--to")?;
     let payload = a.payload()?;
     let count = a.num("--count", 1)?.min(10_000);
     let interval = Duration::from_millis(a.num("--interval-ms", 50)?);
-    let sock = UdpSocket::bind("0.0.0.0:0").map_err(io("bind"))?;
-    sock.set_broadcast(true).map_err(io("SO_BROADCAST"))?;
+    let sock = if to.is_ipv4() {
+        let s = UdpSocket::bind("0.0.0.0:0").map_err(io("bind"))?;
+        s.set_broadcast(true).map_err(io("SO_BROADCAST"))?;
+        s
+    } else {
+        UdpSocket::bind("[::]:0").map_err(io("bind"))?
+    };
     for i in 0..count {
         if i > 0 {
             std::thread::sleep(interval);

@@ -175,6 +175,7 @@ impl<K: Kernel> Agent<K> {
             host_veth: host_veth.clone(),
             mac,
             lease: None,
+            ipv6: None,
         };
         self.store.record_adding(&adding).await?;
         undo.record = Some(host_veth.clone());
@@ -302,6 +303,16 @@ impl<K: Kernel> Agent<K> {
             undo.v6 = Some((a.clone(), ep.host_ifindex));
         }
         recorded?;
+        if let Ok(Some(a)) = &leased6 {
+            // The DHCPv6 lease in the record too: a start after a crash from
+            // here on releases it.
+            let rec = state::Adding {
+                lease: acquired.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
+                ipv6: Some(a.clone()),
+                ..adding.clone()
+            };
+            self.store.record_adding(&rec).await?;
+        }
         let (mut v6, mut dad_until) = prepared?;
         if let Some(a) = leased6? {
             self.configure6(&ep, &a).await?;

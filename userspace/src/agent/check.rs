@@ -1,6 +1,7 @@
 //! CNI CHECK: the attachment still looks as the agent made it — veth (its
 //! MAC put back if something changed it), map entries, programs, and the
-//! pod's MAC, address and routes.
+//! pod's MAC, address and routes, its IPv6 address (present, not found
+//! duplicate) and the source guard's entry for it.
 
 use std::{path::Path, sync::Arc};
 
@@ -8,10 +9,11 @@ use lanlink_api::{AttachmentRequest, AttachmentResult};
 use lanlink_common::endpoint_flags;
 use tracing::warn;
 
-use super::{Agent, AgentError, Kernel, Links as _, Maps as _, pod_routes, result_for};
+use super::{Agent, AgentError, Kernel, Lan6 as _, Links as _, Maps as _, pod_routes, result_for};
 use crate::{
     dataplane::Hook,
     netlink::{LinkInfo, fmt_mac},
+    netlink6::Dad,
     state,
 };
 
@@ -121,6 +123,30 @@ impl<K: Kernel> Agent<K> {
                         r.dst, r.prefix, r.gw
                     ));
                 }
+            }
+        }
+        if let Some(a) = &ep.ipv6 {
+            match self
+                .lan6
+                .pod_dad(Path::new(&ep.netns), &ep.ifname, a.address)
+                .await?
+            {
+                Dad::Absent => {
+                    return fail(format!(
+                        "{} lacks {}/{}",
+                        ep.ifname, a.address, a.prefix_len
+                    ));
+                }
+                Dad::Failed => {
+                    return fail(format!(
+                        "{} is in use on the LAN (duplicate address detection failed)",
+                        a.address
+                    ));
+                }
+                Dad::Running | Dad::Done => {}
+            }
+            if !self.maps.v6_claims(host.index).contains(&a.address) {
+                return fail(format!("the source guard does not hold {}", a.address));
             }
         }
         Ok(result_for(&ep, &routes))

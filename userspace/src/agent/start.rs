@@ -331,6 +331,33 @@ impl<K: Kernel> Agent<K> {
     async fn remove_half_made(&self, key: &str, rec: &Adding) -> Vec<&'static str> {
         let mut done = Vec::new();
         let owns_mac = self.owns_mac(rec.mac, key);
+        if let Some(l6) = rec.ipv6.as_ref().and_then(|a| a.lease.as_ref())
+            && owns_mac
+        {
+            let id = rec.lease.as_ref().and_then(|l| {
+                crate::ipv6::dhcp6::Dhcp6Identity::from_v4_client_id(rec.mac, &l.client_id, None)
+                    .ok()
+            });
+            match id {
+                Some(id) => {
+                    match tokio::time::timeout(
+                        std::time::Duration::from_secs(3),
+                        self.lan6.release(&id, l6),
+                    )
+                    .await
+                    {
+                        Ok(Ok(())) => done.push("DHCPv6 lease released"),
+                        Ok(Err(e)) => {
+                            warn!(attachment = %key, error = %e, "half-made ADD: DHCPv6 release failed");
+                        }
+                        Err(_) => {
+                            warn!(attachment = %key, "half-made ADD: no reply to the DHCPv6 release");
+                        }
+                    }
+                }
+                None => warn!(attachment = %key, "half-made ADD: no DHCPv6 identity; its lease expires on the server"),
+            }
+        }
         if let Some(lease) = &rec.lease
             && owns_mac
         {
@@ -652,6 +679,7 @@ mod tests {
             host_veth: ep.host_veth.clone(),
             mac: ep.mac,
             lease: ep.lease.clone(),
+            ipv6: ep.ipv6.clone(),
         }
     }
 

@@ -34,6 +34,8 @@ use crate::{
 /// (RFC 4862: `DupAddrDetectTransmits` 1 × `RetransTimer` 1 s, plus margin).
 const DAD_WATCH: Duration = Duration::from_secs(3);
 const DAD_POLL: Duration = Duration::from_millis(100);
+/// How long a DHCPv6 Release or Decline may wait for the server's Reply.
+const END_WAIT: Duration = Duration::from_secs(3);
 
 /// The IPv6 part of an ADD, decided before anything is made.
 pub(super) struct Plan6 {
@@ -266,11 +268,26 @@ impl<K: Kernel> Agent<K> {
             warn!(attachment = %key, "no DHCPv6 identity: the lease is left to expire");
             return;
         };
+        // Bounded like the DHCPv4 release: a server that stays silent must
+        // not hold a DEL for the RFC's 15 s of retransmissions.
         let (res, what) = if decline {
-            (self.lan6.decline(id, lease).await, "declined")
+            (
+                tokio::time::timeout(END_WAIT, self.lan6.decline(id, lease)).await,
+                "declined",
+            )
         } else {
-            (self.lan6.release(id, lease).await, "released")
+            (
+                tokio::time::timeout(END_WAIT, self.lan6.release(id, lease)).await,
+                "released",
+            )
         };
+        let res = res.unwrap_or_else(|_| {
+            Err(Dhcp6Error::Timeout {
+                exchange: if decline { "decline" } else { "release" },
+                attempts: 0,
+                elapsed: END_WAIT,
+            })
+        });
         match res {
             Ok(()) => info!(attachment = %key, address = %lease.address, "DHCPv6 lease {what}"),
             Err(e) => warn!(

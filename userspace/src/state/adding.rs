@@ -39,6 +39,8 @@ pub struct Adding {
     pub mac: [u8; 6],
     /// The lease it obtained, once it has one.
     pub lease: Option<Lease>,
+    /// The IPv6 address it was given (with its DHCPv6 lease), once known.
+    pub ipv6: Option<crate::ipv6::assign::Assignment>,
 }
 
 impl Adding {
@@ -59,6 +61,8 @@ struct Record {
     mac: [u8; 6],
     #[serde(default)]
     lease: Option<v1::Lease>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ipv6: Option<v1::Ipv6>,
 }
 
 /// The record's path: `<dir>/<host veth>.json` (a veth name is a valid,
@@ -81,6 +85,7 @@ pub(super) async fn write(dir: &Path, rec: &Adding) -> Result<(), StateError> {
         host_veth: rec.host_veth.clone(),
         mac: rec.mac,
         lease: rec.lease.as_ref().map(v1::Lease::from),
+        ipv6: rec.ipv6.as_ref().map(v1::Ipv6::from),
     };
     let json = serde_json::to_vec(&record).map_err(|e| failed(std::io::Error::other(e)))?;
     let tmp = dir.join(format!(".{}{}adding", rec.host_veth, persist::TEMP_MARKER));
@@ -153,14 +158,25 @@ pub(super) fn read_all(dir: &Path) -> Result<Vec<Adding>, StateError> {
         let decoded = std::fs::read(&path)
             .map_err(|e| e.to_string())
             .and_then(|b| serde_json::from_slice::<Record>(&b).map_err(|e| e.to_string()));
+        let decoded = decoded.and_then(|mut r| {
+            let ipv6 = match r.ipv6.take() {
+                None => None,
+                Some(v6) => Some(
+                    v6.into_assignment(&r.host_veth)
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            Ok((r, ipv6))
+        });
         match decoded {
-            Ok(r) => out.push(Adding {
+            Ok((r, ipv6)) => out.push(Adding {
                 container_id: r.container_id,
                 ifname: r.ifname,
                 netns: r.netns,
                 host_veth: r.host_veth,
                 mac: r.mac,
                 lease: r.lease.map(Lease::from),
+                ipv6,
             }),
             Err(why) => {
                 let bad = path.with_extension("json.bad");

@@ -654,6 +654,7 @@ async fn in_flight_add_records_round_trip_and_leftovers_are_handled() {
         host_veth: "ll0123456789ab".into(),
         mac: [2, 0, 0, 0, 0, 1],
         lease: None,
+        ipv6: None,
     };
     store.record_adding(&rec).await.unwrap();
     assert_eq!(store.adding().unwrap(), [rec.clone()]);
@@ -699,4 +700,80 @@ fn a_corrupt_state_file_is_left_alone_and_the_error_says_what_to_do() {
         std::fs::read_to_string(d.0.join(crate::paths::STATE_FILE)).unwrap(),
         "{\"version\": 1, \"endpoints\": {\"c1/eth0\": {\"contai"
     );
+}
+
+/// An endpoint with IPv6 (a DHCPv6 lease) is written and read back: the
+/// address, its routes' inputs, the lease with its server id and timers;
+/// the lease's monotonic time is set back by its age on the wall clock.
+#[tokio::test]
+async fn an_ipv6_assignment_with_its_dhcpv6_lease_round_trips() {
+    use crate::ipv6::{
+        assign::{Assignment, Source},
+        dhcp6::Lease6,
+    };
+    let d = dir();
+    let store = Store::new(&d.0).unwrap();
+    let mut ep = endpoint("c6", Some(lease()));
+    let wall = std::time::SystemTime::now() - std::time::Duration::from_secs(100);
+    ep.ipv6 = Some(Assignment {
+        address: "2001:2:0:1::1a0".parse().unwrap(),
+        prefix_len: 128,
+        source: Source::Dhcpv6,
+        router: Some("fe80::1".parse().unwrap()),
+        on_link: vec![("2001:2:0:1::".parse().unwrap(), 64)],
+        dns: vec!["2001:2:0:1::53".parse().unwrap()],
+        lease: Some(Lease6 {
+            address: "2001:2:0:1::1a0".parse().unwrap(),
+            preferred: 1800,
+            valid: 3600,
+            t1: 900,
+            t2: 1440,
+            server_id: vec![0, 1, 0, 1, 0xab, 0xcd],
+            dns: vec!["2001:2:0:1::53".parse().unwrap()],
+            obtained: std::time::Instant::now() - std::time::Duration::from_secs(100),
+            obtained_wall: wall,
+        }),
+    });
+    let mut st = State::default();
+    st.endpoints.insert(ep.key(), ep.clone());
+    store.submit(st.clone()).wait().await.unwrap();
+    let text = std::fs::read_to_string(d.0.join(crate::paths::STATE_FILE)).unwrap();
+    assert!(text.contains("\"serverId\": \"00010001abcd\""), "{text}");
+    let back = store.load().unwrap();
+    let got = back.endpoints[&ep.key()].ipv6.clone().unwrap();
+    let want = ep.ipv6.clone().unwrap();
+    let (gl, wl) = (got.lease.clone().unwrap(), want.lease.clone().unwrap());
+    assert_eq!(
+        Assignment { lease: None, ..got },
+        Assignment {
+            lease: None,
+            ..want
+        }
+    );
+    assert_eq!(
+        (
+            gl.address,
+            gl.preferred,
+            gl.valid,
+            gl.t1,
+            gl.t2,
+            &gl.server_id,
+            &gl.dns
+        ),
+        (
+            wl.address,
+            wl.preferred,
+            wl.valid,
+            wl.t1,
+            wl.t2,
+            &wl.server_id,
+            &wl.dns
+        )
+    );
+    // Millisecond precision on the wall clock; the monotonic time follows.
+    let drift = |a: std::time::Instant, b: std::time::Instant| a.max(b).duration_since(a.min(b));
+    assert!(drift(gl.obtained, wl.obtained) < std::time::Duration::from_secs(2));
+    assert!(gl.renew_at() > std::time::Instant::now(), "T1 still ahead");
+    // A record without IPv6 (every file written before it) has none.
+    assert!(endpoint("c7", None).ipv6.is_none());
 }
