@@ -355,7 +355,9 @@ impl<K: Kernel> Agent<K> {
                         }
                     }
                 }
-                None => warn!(attachment = %key, "half-made ADD: no DHCPv6 identity; its lease expires on the server"),
+                None => {
+                    warn!(attachment = %key, "half-made ADD: no DHCPv6 identity; its lease expires on the server")
+                }
             }
         }
         if let Some(lease) = &rec.lease
