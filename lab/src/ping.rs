@@ -31,7 +31,13 @@ impl PingStats {
 /// `timeout` (ping's own `-w` deadline, and a hard kill 5 s later). Returns
 /// the statistics whether or not replies came; fails only if ping could not
 /// run or printed no statistics.
-pub fn ping(ns: &NetNs, dst: Ipv4Addr, count: u32, timeout: Duration) -> Result<PingStats> {
+pub fn ping(
+    ns: &NetNs,
+    dst: impl Into<std::net::IpAddr>,
+    count: u32,
+    timeout: Duration,
+) -> Result<PingStats> {
+    let dst: std::net::IpAddr = dst.into();
     let deadline = timeout.as_secs().max(1).to_string();
     let out = ns.run_timeout(
         &[

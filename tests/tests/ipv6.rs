@@ -33,38 +33,28 @@ const NODE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(198, 18, 0, 10);
 /// `timeout`; the number of replies, or an error naming the summary when a
 /// request went unanswered or a reply came twice.
 fn ping6(ns: &NetNs, dst: Ipv6Addr, count: u32, timeout: Duration) -> Result<u32> {
-    let out = ns.run_timeout(
-        &[
-            "ping",
-            "-6",
-            "-n",
-            "-q",
-            "-c",
-            &count.to_string(),
-            "-i",
-            "0.2",
-            "-w",
-            &timeout.as_secs().max(1).to_string(),
-            &dst.to_string(),
-        ],
-        timeout + Duration::from_secs(5),
-    )?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let stats = lanlink_lab::ping::parse_ping(&text).with_context(|| {
-        format!(
-            "no statistics from ping -6 {dst} in {}: {}{}",
-            ns.name(),
-            text.trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    })?;
+    let stats = lanlink_lab::ping(ns, dst, count, timeout)?;
     ensure!(
-        stats.all_received() && !text.contains("duplicates"),
-        "ping -6 {dst} from {}: {}",
+        stats.all_received() && stats.received == count,
+        "ping {dst} from {}: {}",
         ns.name(),
         stats.summary
     );
     Ok(stats.received)
+}
+
+/// Waits (≤ 5 s) for the end of the pod's duplicate address detection.
+fn wait_dad(pod: &Pod) -> Result<()> {
+    wait_until(
+        Duration::from_secs(5),
+        "the pod's duplicate address detection to end",
+        || {
+            let tentative =
+                pod.ns
+                    .run_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "tentative"])?;
+            Ok(tentative.trim().is_empty().then_some(()))
+        },
+    )
 }
 
 /// An IPv6 address with its prefix length.
@@ -136,16 +126,7 @@ fn check_pod(pod: &Pod, want_len: u8) -> Result<Ipv6Addr> {
         String::from_utf8_lossy(&out.stdout)
     );
     eprintln!("first ping answered {:?} after the ADD", t0.elapsed());
-    wait_until(
-        Duration::from_secs(5),
-        "the pod's duplicate address detection to end",
-        || {
-            let tentative =
-                pod.ns
-                    .run_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "tentative"])?;
-            Ok(tentative.trim().is_empty().then_some(()))
-        },
-    )?;
+    wait_dad(pod)?;
     let (addr, len) = v6_of(pod)?;
     ensure!(len == want_len, "prefix length {len}, want {want_len}");
     let (addrs, routes) = pod_v6(pod)?;
@@ -525,16 +506,7 @@ fn secondary_mode_on_link_only_and_stable_privacy() -> Result<()> {
         addr.segments()[4..] != eui.segments()[4..],
         "stable-privacy gave the EUI-64 identifier"
     );
-    wait_until(
-        Duration::from_secs(5),
-        "the pod's duplicate address detection to end",
-        || {
-            let tentative =
-                pod.ns
-                    .run_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "tentative"])?;
-            Ok(tentative.trim().is_empty().then_some(()))
-        },
-    )?;
+    wait_dad(&pod)?;
     let got = ping6(&pod.ns, ROUTER6, 3, Duration::from_secs(10))?;
     ensure!(got == 3, "pod → router on-link: {got}/3");
     pods::del(&node, &agent, &pod.container_id, &pod.ns, &pod.netconf)?;

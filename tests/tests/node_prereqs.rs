@@ -164,5 +164,17 @@ fn doctor_names_forwarding_off_and_the_fix() -> Result<()> {
         "exit {code} with {wrong:?}"
     );
     ensure!(code == 0, "a lab node with forwarding on: {wrong:?}");
+    // IPv6 on the uplink (a fresh namespace has it): ok; off: said, not wrong.
+    ensure!(status("ipv6").as_deref() == Some("ok"), "{out}");
+    node.ns().sysctl("net.ipv6.conf.eth0.disable_ipv6", "1")?;
+    let (code, out) = doctor(&node, false)?;
+    let line = out
+        .lines()
+        .find(|l| l.contains("ipv6"))
+        .context("no ipv6 line")?;
+    ensure!(
+        code == 0 && line.starts_with("info") && line.contains("IPv4 only"),
+        "exit {code}: {line}"
+    );
     Ok(())
 }

@@ -162,6 +162,9 @@ pub struct Facts {
     pub kube_legacy: Option<bool>,
     /// The same for `iptables-nft-save`.
     pub kube_nft: Option<bool>,
+    /// `net.ipv6.conf.<uplink>.disable_ipv6` (None: no IPv6 in the kernel,
+    /// or no such interface).
+    pub uplink_disable_ipv6: Option<String>,
 }
 
 impl Facts {
@@ -191,6 +194,10 @@ impl Facts {
                 .and_then(|v| backend_of_version(&v)),
             kube_legacy: kube("iptables-legacy-save"),
             kube_nft: kube("iptables-nft-save"),
+            uplink_disable_ipv6: sysctl(format!(
+                "/proc/sys/net/ipv6/conf/{}/disable_ipv6",
+                opts.uplink
+            )),
         }
     }
 }
@@ -221,7 +228,34 @@ pub fn checks(opts: &Options, facts: &Facts) -> Vec<Check> {
         facts.kube_legacy,
         facts.kube_nft,
     ));
+    out.push(check_ipv6(&opts.uplink, facts.uplink_disable_ipv6.as_deref()));
     out
+}
+
+/// IPv6 on the uplink: the agent hears the LAN's router advertisements
+/// there, and speaks DHCPv6 for the pods. Off is not wrong (an IPv4-only
+/// LAN), but pods then get IPv4 only whatever their netconf's `ipv6`.
+pub fn check_ipv6(uplink: &str, disable_ipv6: Option<&str>) -> Check {
+    match disable_ipv6 {
+        Some("0") => Check::new(
+            Status::Ok,
+            "ipv6",
+            format!("IPv6 is on on {uplink}: pods get IPv6 where the LAN's routers advertise"),
+        ),
+        Some(v) => Check::new(
+            Status::Info,
+            "ipv6",
+            format!(
+                "net.ipv6.conf.{uplink}.disable_ipv6={v}: pods get IPv4 only \
+                 (sysctl -w net.ipv6.conf.{uplink}.disable_ipv6=0 for IPv6)"
+            ),
+        ),
+        None => Check::new(
+            Status::Info,
+            "ipv6",
+            format!("no IPv6 on {uplink} (or in the kernel): pods get IPv4 only"),
+        ),
+    }
 }
 
 /// Whether any check is wrong (doctor then exits 1).
@@ -501,6 +535,7 @@ mod tests {
             agent_backend: Some(Backend::Nft),
             kube_legacy: Some(false),
             kube_nft: Some(true),
+            uplink_disable_ipv6: Some("0".into()),
         }
     }
 
@@ -522,9 +557,20 @@ mod tests {
                 "kernel",
                 "uplink",
                 "mtu",
-                "iptables"
+                "iptables",
+                "ipv6"
             ]
         );
+        assert_eq!(find(&c, "ipv6").status, Status::Ok);
+        let off = checks(
+            &opts(),
+            &Facts {
+                uplink_disable_ipv6: Some("1".into()),
+                ..good()
+            },
+        );
+        assert!(!any_wrong(&off), "IPv4-only is not wrong");
+        assert!(find(&off, "ipv6").detail.contains("IPv4 only"));
         assert_eq!(find(&c, "mtu").status, Status::Info);
         assert!(find(&c, "mtu").detail.contains("1500"));
     }

@@ -281,13 +281,11 @@ impl<K: Kernel> Agent<K> {
                 "released",
             )
         };
-        let res = res.unwrap_or_else(|_| {
-            Err(Dhcp6Error::Timeout {
-                exchange: if decline { "decline" } else { "release" },
-                attempts: 0,
-                elapsed: END_WAIT,
-            })
-        });
+        let res = res.unwrap_or(Err(Dhcp6Error::Timeout {
+            exchange: if decline { "decline" } else { "release" },
+            attempts: 0,
+            elapsed: END_WAIT,
+        }));
         match res {
             Ok(()) => info!(attachment = %key, address = %lease.address, "DHCPv6 lease {what}"),
             Err(e) => warn!(
