@@ -228,7 +228,10 @@ pub fn checks(opts: &Options, facts: &Facts) -> Vec<Check> {
         facts.kube_legacy,
         facts.kube_nft,
     ));
-    out.push(check_ipv6(&opts.uplink, facts.uplink_disable_ipv6.as_deref()));
+    out.push(check_ipv6(
+        &opts.uplink,
+        facts.uplink_disable_ipv6.as_deref(),
+    ));
     out
 }
 
