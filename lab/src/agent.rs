@@ -61,7 +61,12 @@ impl Default for AgentOptions {
             program: None,
             extra_args: Vec::new(),
             env: Vec::new(),
-            ready_timeout: Duration::from_secs(20),
+            // Software-emulated guests (`cargo xtask vmtest`) load and
+            // verify the programs far slower: they set a longer wait.
+            ready_timeout: std::env::var("LANLINK_LAB_AGENT_READY_S")
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .map_or(Duration::from_secs(20), Duration::from_secs),
             stop_grace: Duration::from_secs(5),
             own_mount_ns: false,
         }

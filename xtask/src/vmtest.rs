@@ -281,7 +281,7 @@ fn guest(vng: &Path, image: &Path, smoke: &Path, bin_dir: &Path) -> Result<Outco
              for m in {modules}; do modprobe $m || echo \"modprobe $m failed\"; done\n\
              mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf\n\
              cd {root}\n\
-             LANLINK_ATTACH=auto LANLINK_BIN_DIR={bin} LANLINK_LAB_BIN_DIR={bin} \
+             LANLINK_ATTACH=auto LANLINK_BIN_DIR={bin} LANLINK_LAB_BIN_DIR={bin} LANLINK_LAB_AGENT_READY_S=120 \
              timeout {limit} {smoke} \
              --test-threads 1 --nocapture\n\
              echo \"exit $?\"\n",

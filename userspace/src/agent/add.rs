@@ -27,6 +27,10 @@ use crate::{
     state::{self, Endpoint},
 };
 
+/// The in-flight record of an ADD (`state::adding`), shared by the steps
+/// that add to it.
+type Record = Arc<tokio::sync::Mutex<state::Adding>>;
+
 /// Work already done by an ADD, undone in reverse if a later step fails.
 #[derive(Default)]
 pub(super) struct Undo {
@@ -135,22 +139,32 @@ impl<K: Kernel> Agent<K> {
     /// into the in-flight record first, so an agent killed before the ACK
     /// is handled (during the ARP probe, say) has its successor release it.
     /// A release of an address the server never bound is ignored by it.
-    fn record_requested(self: &Arc<Self>, adding: &state::Adding) -> dhcp::OnRequest {
-        let (agent, adding) = (Arc::clone(self), adding.clone());
+    fn record_requested(self: &Arc<Self>, record: &Record) -> dhcp::OnRequest {
+        let (agent, record) = (Arc::clone(self), Arc::clone(record));
         dhcp::OnRequest(Some(Arc::new(move |lease: dhcp::Lease| {
-            let (agent, rec) = (
-                Arc::clone(&agent),
-                state::Adding {
-                    lease: Some(lease),
-                    ..adding.clone()
-                },
-            );
+            let (agent, record) = (Arc::clone(&agent), Arc::clone(&record));
             Box::pin(async move {
-                if let Err(e) = agent.store.record_adding(&rec).await {
-                    warn!(attachment = %rec.key(), error = %e, "cannot record the requested address");
+                if let Err(e) = agent
+                    .update_record(&record, |r| r.lease = Some(lease))
+                    .await
+                {
+                    warn!(error = %e, "cannot record the requested address");
                 }
             })
         })))
+    }
+
+    /// Updates the in-flight record with `f` and writes it. The DHCPv4 and
+    /// DHCPv6 exchanges run at once, each adding what it got: one record,
+    /// written under its lock, so neither write loses the other's lease.
+    async fn update_record(
+        &self,
+        record: &Record,
+        f: impl FnOnce(&mut state::Adding),
+    ) -> Result<(), state::StateError> {
+        let mut rec = record.lock().await;
+        f(&mut rec);
+        self.store.record_adding(&rec).await
     }
 
     async fn add_steps(
@@ -174,10 +188,12 @@ impl<K: Kernel> Agent<K> {
             netns: netns.to_string(),
             host_veth: host_veth.clone(),
             mac,
+            client_id: client_id.clone(),
             lease: None,
             ipv6: None,
         };
         self.store.record_adding(&adding).await?;
+        let record: Record = Arc::new(tokio::sync::Mutex::new(adding.clone()));
         undo.record = Some(host_veth.clone());
 
         // 1. The veth pair, the pod end born in the pod's namespace.
@@ -240,9 +256,8 @@ impl<K: Kernel> Agent<K> {
                 .map(|o| (o.code(), o.value().to_vec()))
                 .collect(),
             arp_probe: dhcp::ArpProbe::from_millis(dcfg.arp_probe_ms),
-            on_request: self.record_requested(&adding),
+            on_request: self.record_requested(&record),
         });
-        let adding = &adding;
         let acquire = async {
             match &lease_req {
                 Some(r) => {
@@ -252,11 +267,8 @@ impl<K: Kernel> Agent<K> {
                     // on releases it at the next start.
                     let recorded = match &res {
                         Ok(lease) => {
-                            let rec = state::Adding {
-                                lease: Some(lease.clone()),
-                                ..adding.clone()
-                            };
-                            self.store.record_adding(&rec).await
+                            self.update_record(&record, |r| r.lease = Some(lease.clone()))
+                                .await
                         }
                         Err(_) => Ok(()),
                     };
@@ -265,33 +277,45 @@ impl<K: Kernel> Agent<K> {
                 None => None,
             }
         };
-        // IPv6 at once too: a SLAAC address goes into the pod as soon as
-        // the programs run (its duplicate address detection then runs
-        // beside the DHCPv4 exchange); a DHCPv6 lease is solicited beside
-        // the DHCPv4 one and written in the pod after it.
+        // IPv6 at once too: the SLAAC address is made, or the DHCPv6 lease
+        // solicited, beside the dataplane's preparation and the DHCPv4
+        // exchange; it goes into the pod as soon as the programs run, so
+        // its duplicate address detection runs beside the DHCPv4 exchange
+        // and ARP probe.
         let v6_timeout =
             Duration::from_millis(req.config.dhcp.as_ref().map_or(5_000, |d| d.timeout_ms));
-        let slaac = matches!(plan6.plan, crate::ipv6::assign::Plan::Slaac { .. });
         // How long a LAN host has to answer for the pod's IPv6 address
         // before the ADD ends: `arpProbeMs`, as for IPv4.
         let dad_window =
             Duration::from_millis(req.config.dhcp.as_ref().map_or(0, |d| d.arp_probe_ms));
         let prepare = async {
-            self.prepare_dataplane(&ep, undo, &mut phases).await?;
-            if slaac && let Some(a) = self.acquire6(plan6, v6_timeout).await? {
-                undo.v6 = Some((a.clone(), ep.host_ifindex));
-                self.configure6(&ep, &a).await?;
-                return Ok((Some(a), tokio::time::Instant::now() + dad_window));
+            let (prepared, got6) = tokio::join!(
+                self.prepare_dataplane(&ep, undo, &mut phases),
+                self.acquire6(plan6, v6_timeout)
+            );
+            let got6 = match got6 {
+                Ok(Some(a)) => a,
+                Ok(None) => {
+                    prepared?;
+                    return Ok((None, tokio::time::Instant::now()));
+                }
+                Err(e) => {
+                    prepared?;
+                    return Err(e);
+                }
+            };
+            // Undone (released) whatever happens next.
+            undo.v6 = Some((got6.clone(), ep.host_ifindex));
+            if got6.lease.is_some() {
+                // A start after a crash from here on releases it.
+                self.update_record(&record, |r| r.ipv6 = Some(got6.clone()))
+                    .await?;
             }
-            Ok::<_, AgentError>((None, tokio::time::Instant::now()))
+            prepared?;
+            self.configure6(&ep, &got6).await?;
+            Ok::<_, AgentError>((Some(got6), tokio::time::Instant::now() + dad_window))
         };
-        let dhcp6 = async {
-            match plan6.plan {
-                crate::ipv6::assign::Plan::Dhcpv6 => self.acquire6(plan6, v6_timeout).await,
-                _ => Ok(None),
-            }
-        };
-        let (prepared, acquired, leased6) = tokio::join!(prepare, acquire, dhcp6);
+        let (prepared, acquired) = tokio::join!(prepare, acquire);
         let (acquired, recorded) = match acquired {
             Some((res, recorded)) => (Some(res), recorded),
             None => (None, Ok(())),
@@ -299,26 +323,8 @@ impl<K: Kernel> Agent<K> {
         if let Some(Ok(lease)) = &acquired {
             undo.lease = Some(lease.clone());
         }
-        if let Ok(Some(a)) = &leased6 {
-            undo.v6 = Some((a.clone(), ep.host_ifindex));
-        }
         recorded?;
-        if let Ok(Some(a)) = &leased6 {
-            // The DHCPv6 lease in the record too: a start after a crash from
-            // here on releases it.
-            let rec = state::Adding {
-                lease: acquired.as_ref().and_then(|r| r.as_ref().ok()).cloned(),
-                ipv6: Some(a.clone()),
-                ..adding.clone()
-            };
-            self.store.record_adding(&rec).await?;
-        }
-        let (mut v6, mut dad_until) = prepared?;
-        if let Some(a) = leased6? {
-            self.configure6(&ep, &a).await?;
-            dad_until = tokio::time::Instant::now() + dad_window;
-            v6 = Some(a);
-        }
+        let (v6, dad_until) = prepared?;
         if v6.is_some() {
             phases.mark("ipv6");
         }

@@ -83,6 +83,8 @@ impl Agent<Node> {
         if enable_ip_forward(Path::new(IP_FORWARD)).context("enable IPv4 forwarding")? {
             info!("IPv4 forwarding was off; enabled it (net.ipv4.ip_forward=1)");
         }
+        let t_load = std::time::Instant::now();
+        info!(uplink = %cfg.uplink, pin_dir = %cfg.pin_dir.display(), "loading the dataplane");
         let dp = Dataplane::load(DataplaneConfig {
             uplink: cfg.uplink.clone(),
             uplink_ifindex: uplink.index,
@@ -92,6 +94,11 @@ impl Agent<Node> {
         })
         .context("load the dataplane")?;
         let adopted_maps = dp.adopted;
+        info!(
+            elapsed_ms = t_load.elapsed().as_millis() as u64,
+            adopted = adopted_maps,
+            "dataplane loaded"
+        );
         let dhcp = DhcpClient::new(&cfg.uplink).context("open the DHCP socket on the uplink")?;
         let store = Store::new(&cfg.state_dir)?;
         if cfg.promiscuous {
@@ -334,9 +341,13 @@ impl<K: Kernel> Agent<K> {
         if let Some(l6) = rec.ipv6.as_ref().and_then(|a| a.lease.as_ref())
             && owns_mac
         {
-            let id = rec.lease.as_ref().and_then(|l| {
-                crate::ipv6::dhcp6::Dhcp6Identity::from_v4_client_id(rec.mac, &l.client_id, None)
-                    .ok()
+            let client_id = match &rec.lease {
+                _ if !rec.client_id.is_empty() => Some(&rec.client_id),
+                Some(l) => Some(&l.client_id),
+                None => None,
+            };
+            let id = client_id.and_then(|c| {
+                crate::ipv6::dhcp6::Dhcp6Identity::from_v4_client_id(rec.mac, c, None).ok()
             });
             match id {
                 Some(id) => {
@@ -680,6 +691,11 @@ mod tests {
             netns: ep.netns.clone(),
             host_veth: ep.host_veth.clone(),
             mac: ep.mac,
+            client_id: ep
+                .lease
+                .as_ref()
+                .map(|l| l.client_id.clone())
+                .unwrap_or_default(),
             lease: ep.lease.clone(),
             ipv6: ep.ipv6.clone(),
         }

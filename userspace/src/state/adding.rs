@@ -37,6 +37,9 @@ pub struct Adding {
     pub host_veth: String,
     /// The pod MAC claimed for it (in the uplink's filter).
     pub mac: [u8; 6],
+    /// The pod's DHCP client identifier (RFC 4361: its DHCPv6 DUID and
+    /// IAID too); empty in records of agents before IPv6.
+    pub client_id: Vec<u8>,
     /// The lease it obtained, once it has one.
     pub lease: Option<Lease>,
     /// The IPv6 address it was given (with its DHCPv6 lease), once known.
@@ -59,6 +62,8 @@ struct Record {
     netns: String,
     host_veth: String,
     mac: [u8; 6],
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    client_id: Vec<u8>,
     #[serde(default)]
     lease: Option<v1::Lease>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,6 +89,7 @@ pub(super) async fn write(dir: &Path, rec: &Adding) -> Result<(), StateError> {
         netns: rec.netns.clone(),
         host_veth: rec.host_veth.clone(),
         mac: rec.mac,
+        client_id: rec.client_id.clone(),
         lease: rec.lease.as_ref().map(v1::Lease::from),
         ipv6: rec.ipv6.as_ref().map(v1::Ipv6::from),
     };
@@ -175,6 +181,7 @@ pub(super) fn read_all(dir: &Path) -> Result<Vec<Adding>, StateError> {
                 netns: r.netns,
                 host_veth: r.host_veth,
                 mac: r.mac,
+                client_id: r.client_id,
                 lease: r.lease.map(Lease::from),
                 ipv6,
             }),

@@ -653,6 +653,7 @@ async fn in_flight_add_records_round_trip_and_leftovers_are_handled() {
         netns: "/run/netns/p".into(),
         host_veth: "ll0123456789ab".into(),
         mac: [2, 0, 0, 0, 0, 1],
+        client_id: vec![0xff, 0, 0, 0, 1, 0, 4],
         lease: None,
         ipv6: None,
     };
