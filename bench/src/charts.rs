@@ -1,6 +1,6 @@
 //! PNG charts of a run (plotters, bitmap backend): throughput, packet rate,
-//! request/response latency and CNI ADD latency per variant, and the scale
-//! phase. Bars are medians, whiskers span min–max.
+//! request/response latency and CNI ADD latency per variant, the scale
+//! phase, and the ipv6 phase. Bars are medians, whiskers span min–max.
 
 use std::path::{Path, PathBuf};
 
@@ -12,6 +12,7 @@ use plotters::style::FontStyle;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::cni;
+use crate::ipv6::{self, Ipv6Result, Lan6};
 use crate::report::{self, Metric, Results};
 use crate::stats::Summary;
 
@@ -32,6 +33,9 @@ pub const FILES: [&str; 5] = [
     "cni-add.png",
     "scale.png",
 ];
+
+/// The ipv6 phase's chart, written when the run has its numbers.
+pub const IPV6_FILE: &str = "ipv6.png";
 
 /// Registers a system TTF with plotters (ab_glyph has no font discovery).
 fn register_fonts() -> Result<()> {
@@ -166,7 +170,82 @@ pub fn write_all(results: &Results, dir: &Path) -> Result<Vec<PathBuf>> {
     let path = dir.join(FILES[4]);
     draw_scale(&path, results)?;
     written.push(path);
+    if let Some(r) = &results.ipv6 {
+        let path = dir.join(IPV6_FILE);
+        draw_ipv6(&path, r)?;
+        written.push(path);
+    }
     Ok(written)
+}
+
+/// The ipv6 phase's chart alone (a run of that phase only): its file.
+pub fn write_ipv6(r: &Ipv6Result, dir: &Path) -> Result<PathBuf> {
+    register_fonts()?;
+    let path = dir.join(IPV6_FILE);
+    draw_ipv6(&path, r)?;
+    Ok(path)
+}
+
+/// Two panels: ADD latency per LAN and series (median, min–max whisker,
+/// log scale), and TCP pod → LAN host per case.
+fn draw_ipv6(path: &Path, r: &Ipv6Result) -> Result<()> {
+    let mut add = Vec::new();
+    for a in &r.add {
+        let Some(summary) = Summary::of("ms", &a.samples_ms) else {
+            continue;
+        };
+        let lan = if a.lan == Lan6::Slaac.name() {
+            "SLAAC"
+        } else {
+            "DHCPv6"
+        };
+        let (series, color) = match a.series.as_str() {
+            s if s == ipv6::AUTO.name => ("auto", "lanlink"),
+            s if s == ipv6::AUTO_NO_PROBE.name => ("auto/0", "lanlink/10k"),
+            _ => ("off/0", "limit"),
+        };
+        add.push(Bar {
+            label: format!("{lan} {series}"),
+            color: color.to_owned(),
+            summary,
+        });
+    }
+    let tcp: Vec<Bar> = r
+        .tcp_pod_lan
+        .iter()
+        .filter_map(|t| {
+            Some(Bar {
+                label: t.case.clone(),
+                color: match (t.variant.as_str(), t.family) {
+                    ("limit", _) => "limit",
+                    (_, 6) => "lanlink",
+                    _ => "lanlink/10k",
+                }
+                .to_owned(),
+                summary: t.gbps.clone()?,
+            })
+        })
+        .collect();
+    let root = BitMapBackend::new(path, (1400, 520)).into_drawing_area();
+    root.fill(&WHITE).map_err(plot_err)?;
+    let areas = root.split_evenly((1, 2));
+    bar_chart(
+        &areas[0],
+        &(
+            "CNI ADD, log scale (/0: arpProbeMs 0; off: IPv4 only)",
+            "ms",
+            add,
+        ),
+        true,
+    )?;
+    bar_chart(
+        &areas[1],
+        &("TCP pod → LAN host over IPv6 (and IPv4)", "Gbit/s", tcp),
+        false,
+    )?;
+    root.present()
+        .map_err(plot_err)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn scaled(s: &Summary, k: f64) -> Summary {
@@ -442,16 +521,39 @@ mod tests {
                 });
             }
         }
+        let mut v6 = Ipv6Result::default();
+        for lan in Lan6::ALL {
+            for s in ipv6::SERIES {
+                v6.add.push(ipv6::Add6Result {
+                    lan: lan.name().to_owned(),
+                    series: s.name.to_owned(),
+                    samples_ms: vec![12.0, 15.0, 340.0],
+                    ..ipv6::Add6Result::default()
+                });
+            }
+        }
+        v6.tcp_pod_lan.push(ipv6::Tcp6Result {
+            case: "limit".into(),
+            variant: "limit".into(),
+            family: 6,
+            address: String::new(),
+            gbps: Summary::of("Gbit/s", &[10.0, 11.0]),
+        });
+        r.ipv6 = Some(v6);
         let dir = std::env::temp_dir().join(format!("xtask-charts-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let written = write_all(&r, &dir);
-        let files: Vec<_> = FILES.iter().map(|f| dir.join(f)).collect();
+        let files: Vec<_> = FILES
+            .iter()
+            .chain(std::iter::once(&IPV6_FILE))
+            .map(|f| dir.join(f))
+            .collect();
         let sizes: Vec<u64> = files
             .iter()
             .map(|f| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
             .collect();
         let _ = std::fs::remove_dir_all(&dir);
-        assert_eq!(written.unwrap().len(), FILES.len());
+        assert_eq!(written.unwrap().len(), FILES.len() + 1);
         assert!(sizes.iter().all(|&s| s > 1000), "PNG sizes {sizes:?}");
     }
 }

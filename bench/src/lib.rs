@@ -20,6 +20,10 @@
 //! 5. `flows65k`: a scrape of `GET /metrics` and a CNI DEL with the pinned
 //!    `FLOWS` map full (65,536 entries) and empty, in a lab of its own
 //!    ([`flows65k`]).
+//! 6. `ipv6`: CNI ADD latency on LANs with router advertisements (SLAAC
+//!    from radvd, DHCPv6 from dnsmasq), every result checked to carry an
+//!    IPv6 address, and TCP pod → LAN host over IPv6 against the limit, in
+//!    labs of their own ([`ipv6`]).
 //!
 //! Results ([`report`], [`charts`]): `results.md`, `results.json` and PNG
 //! charts in `bench/results/` (`--quick`: `target/bench-quick/`; `--only`:
@@ -30,6 +34,7 @@ pub mod attach;
 pub mod charts;
 pub mod cni;
 pub mod flows65k;
+pub mod ipv6;
 pub mod measure;
 pub mod report;
 pub mod rules;
@@ -61,20 +66,28 @@ pub enum Phase {
     Scale,
     /// `GET /metrics` and CNI DEL with a full and an empty `FLOWS` map.
     Flows65k,
+    /// CNI ADD with IPv6 on (SLAAC, DHCPv6), TCP pod → LAN host over IPv6.
+    Ipv6,
 }
 
 impl Phase {
     /// Every phase, in the order a run does them.
-    pub const ALL: [Phase; 5] = [
+    pub const ALL: [Phase; 6] = [
         Phase::Datapath,
         Phase::Cni,
         Phase::Attach,
         Phase::Scale,
         Phase::Flows65k,
+        Phase::Ipv6,
     ];
 
     /// Whether the phase needs the three-variant lab of [`topo`].
     fn needs_topology(self) -> bool {
+        !matches!(self, Phase::Flows65k | Phase::Ipv6)
+    }
+
+    /// Whether the report's targets are about the phase's numbers.
+    fn has_targets(self) -> bool {
         self != Phase::Flows65k
     }
 }
@@ -155,6 +168,8 @@ struct Plan {
     cni_pods: usize,
     concurrent: usize,
     scale_levels: Vec<usize>,
+    /// ADDs per series on each IPv6 LAN.
+    ipv6_pods: usize,
     /// Upper bound on the life of every server the lab starts.
     budget: Duration,
 }
@@ -172,6 +187,7 @@ impl Plan {
             cni_pods: 20,
             concurrent: 100,
             scale_levels: vec![1, 50, 250],
+            ipv6_pods: 20,
             budget: Duration::from_secs(3 * 3600),
         }
     }
@@ -188,6 +204,7 @@ impl Plan {
             cni_pods: 5,
             concurrent: 10,
             scale_levels: vec![1, 20],
+            ipv6_pods: 2,
             budget: Duration::from_secs(20 * 60),
         }
     }
@@ -243,6 +260,15 @@ pub fn run(opts: &Options) -> Result<()> {
         outcome = flows65k::run(&flows65k_plan(&plan), &opts.bin_dir, &mut results);
         loadavg(&mut results, "flows65k end");
     }
+    if outcome.is_ok() && phases.contains(&Phase::Ipv6) {
+        println!(
+            "\n== ipv6: CNI ADD on SLAAC and DHCPv6 LANs ({} per series), TCP pod → LAN host over IPv6",
+            plan.ipv6_pods
+        );
+        loadavg(&mut results, "ipv6 start");
+        outcome = ipv6::run(&ipv6_plan(&plan), &opts.bin_dir, &logs_dir(), &mut results);
+        loadavg(&mut results, "ipv6 end");
+    }
     if let Err(e) = &outcome {
         println!("bench aborted: {e:#}");
         results.errors.push(format!("run aborted: {e:#}"));
@@ -250,8 +276,8 @@ pub fn run(opts: &Options) -> Result<()> {
     loadavg(&mut results, "end");
     results.meta.duration_secs = started.elapsed().as_secs_f64();
 
-    // The targets are about the three-variant lab's phases.
-    if phases.iter().any(|p| p.needs_topology()) {
+    // The targets are about the three-variant lab's phases and IPv6.
+    if phases.iter().any(|p| p.has_targets()) {
         println!("\n== targets (goals, not assertions)");
         for t in results.targets() {
             println!("{:<70} {:>14}  {}", t.what, t.value_text(), t.verdict());
@@ -291,6 +317,25 @@ fn flows65k_plan(plan: &Plan) -> flows65k::Plan {
     }
 }
 
+/// What the ipv6 phase measures in this run.
+fn ipv6_plan(plan: &Plan) -> ipv6::Plan {
+    ipv6::Plan {
+        pods: plan.ipv6_pods,
+        reps: plan.reps,
+        tcp_secs: plan.tcp_secs,
+        warm_up: !plan.quick,
+        ipv4_control: !plan.quick,
+        budget: plan.budget,
+    }
+}
+
+/// Where the labs' logs are kept after a run.
+fn logs_dir() -> PathBuf {
+    lanlink_lab::workspace_root()
+        .join("target")
+        .join("bench-logs")
+}
+
 /// Writes `results.md` and the charts of `out/results.json` again.
 fn render(out: &Path) -> Result<()> {
     let json = out.join("results.json");
@@ -325,6 +370,9 @@ fn write_report(results: &Results, out: &Path) -> Result<()> {
         for f in charts::write_all(results, out)? {
             println!("wrote {}", f.display());
         }
+    } else if let Some(r) = &results.ipv6 {
+        let f = charts::write_ipv6(r, out)?;
+        println!("wrote {}", f.display());
     }
     Ok(())
 }
@@ -359,9 +407,7 @@ fn measure_all(
     }
 
     let outcome = run_phases(plan, phases, &mut topo, results);
-    let logs = lanlink_lab::workspace_root()
-        .join("target")
-        .join("bench-logs");
+    let logs = logs_dir();
     match topo.save_logs(&logs) {
         Ok(()) => println!(
             "lab logs (agent, dnsmasq, reference dhcp daemon) in {}",
@@ -709,6 +755,10 @@ fn meta(plan: &Plan, opts: &Options) -> report::Meta {
     versions.insert(
         "dnsmasq".to_owned(),
         first_line(Command::new("dnsmasq").arg("--version")),
+    );
+    versions.insert(
+        "radvd".to_owned(),
+        first_line(Command::new("radvd").arg("--version")),
     );
     versions.insert(
         "iptables".to_owned(),

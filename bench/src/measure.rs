@@ -3,7 +3,7 @@
 //! and an agent's resident memory. Every tool runs inside a lab namespace
 //! with a hard timeout.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -58,9 +58,11 @@ fn receiver_cpu() -> String {
     (cpus - 1).to_string()
 }
 
-/// Starts an iperf3 server on `ip` in `ns`, pinned to [`receiver_cpu`],
-/// killed after `budget` at the latest (and when the guard drops).
-pub fn iperf_server(ns: &NetNs, ip: Ipv4Addr, budget: Duration) -> Result<BgProcess> {
+/// Starts an iperf3 server on `ip` (IPv4 or IPv6) in `ns`, pinned to
+/// [`receiver_cpu`], killed after `budget` at the latest (and when the
+/// guard drops).
+pub fn iperf_server(ns: &NetNs, ip: impl Into<IpAddr>, budget: Duration) -> Result<BgProcess> {
+    let ip: IpAddr = ip.into();
     let secs = budget.as_secs().max(1).to_string();
     ns.spawn(&[
         "taskset",
@@ -104,24 +106,31 @@ pub fn rr_server(tools: &Tools, ns: &NetNs, ip: Ipv4Addr, budget: Duration) -> R
 
 /// TCP throughput from `client` (pinned to [`sender_cpu`]) to the iperf3
 /// server at `server`, in Gbit/s as received by the server, over a
-/// `secs`-second run (one stream).
-pub fn tcp_throughput(client: &NetNs, server: Ipv4Addr, secs: u32) -> Result<f64> {
+/// `secs`-second run (one stream); over IPv6 (`-6`) for an IPv6 `server`.
+pub fn tcp_throughput(client: &NetNs, server: impl Into<IpAddr>, secs: u32) -> Result<f64> {
+    let server: IpAddr = server.into();
     let cpu = sender_cpu();
-    let args = [
+    let server_text = server.to_string();
+    let secs_text = secs.to_string();
+    let port = IPERF_PORT.to_string();
+    let mut args = vec![
         "taskset",
         "-c",
         &cpu,
         "iperf3",
         "--client",
-        &server.to_string(),
+        &server_text,
         "--port",
-        &IPERF_PORT.to_string(),
+        &port,
         "--time",
-        &secs.to_string(),
+        &secs_text,
         "--json",
         "--connect-timeout",
         "3000",
     ];
+    if server.is_ipv6() {
+        args.push("-6");
+    }
     let timeout = Duration::from_secs(u64::from(secs) + 20);
     // A server that just started may not listen yet, and one still closing
     // the previous test answers "busy": one retry after a pause covers both.

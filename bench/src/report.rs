@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::Phase;
 use crate::cni;
 use crate::flows65k::Flows65kResult;
+use crate::ipv6::{self, Ipv6Result, Lan6};
 use crate::ms;
 use crate::stats::Summary;
 
@@ -188,6 +189,10 @@ pub struct Results {
     /// from runs before the phase existed, and from runs without it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub flows65k: Option<Flows65kResult>,
+    /// CNI ADD with IPv6 on and TCP over IPv6 (absent from runs before the
+    /// phase existed, and from runs without it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Ipv6Result>,
     /// Measurements that failed (the run still reports the rest).
     pub errors: Vec<String>,
 }
@@ -241,6 +246,12 @@ impl Results {
             match &self.flows65k {
                 Some(f) => missing.extend(f.missing()),
                 None => missing.push("no flows65k numbers".to_owned()),
+            }
+        }
+        if phases.contains(&Phase::Ipv6) {
+            match &self.ipv6 {
+                Some(r) => missing.extend(r.missing()),
+                None => missing.push("no ipv6 numbers".to_owned()),
             }
         }
         missing
@@ -350,6 +361,9 @@ impl Results {
         if let Some(f) = &self.flows65k {
             f.markdown(&mut md);
         }
+        if let Some(r) = &self.ipv6 {
+            r.markdown(&mut md);
+        }
         method_markdown(&mut md, m);
         if !self.errors.is_empty() {
             let _ = writeln!(md, "\n## Errors\n");
@@ -451,6 +465,48 @@ impl Results {
             30.0,
             "MB",
         ));
+        // IPv6 (issue 16): the same goals as for IPv4, in runs that measured it.
+        if let Some(r) = &self.ipv6 {
+            for f in &r.first_reply {
+                let mut reach = Target::at_most(
+                    format!(
+                        "lanlink pod's first IPv6 echo reply after ADD, {} (optimistic \
+                         address: at once; < 100 ms)",
+                        f.lan
+                    ),
+                    f.first_reply_ms,
+                    100.0,
+                    "ms",
+                );
+                if f.first_reply_ms.is_none() {
+                    reach.met = Some(false);
+                    reach.what.push_str(": no reply within 3 s");
+                }
+                t.push(reach);
+            }
+            t.push(Target::at_least(
+                "lanlink TCP pod → LAN host over IPv6 ≥ 0.9 × limit".into(),
+                r.tcp_ratio(),
+                0.9,
+                "×",
+            ));
+            for lan in Lan6::ALL {
+                for (what, series) in [
+                    ("", ipv6::AUTO),
+                    (" without ARP probe (`arpProbeMs: 0`)", ipv6::AUTO_NO_PROBE),
+                ] {
+                    t.push(Target::at_most(
+                        format!(
+                            "lanlink{what} CNI ADD with IPv6 on, {}, p50 < 50 ms",
+                            lan.name()
+                        ),
+                        r.series(lan, series).and_then(|a| a.p50_ms),
+                        50.0,
+                        "ms",
+                    ));
+                }
+            }
+        }
         t
     }
 

@@ -550,7 +550,7 @@ pub fn container_id(ns: &NetNs) -> String {
 
 /// br_netfilter's hook on, in this namespace only (the sysctl is per
 /// namespace since Linux 5.3), as on a Kubernetes node.
-fn br_netfilter_on(ns: &NetNs) -> Result<()> {
+pub(crate) fn br_netfilter_on(ns: &NetNs) -> Result<()> {
     ns.sysctl("net.bridge.bridge-nf-call-iptables", "1")
         .context("br_netfilter must be loaded (`cargo xtask setup` does `modprobe br_netfilter`)")
 }

@@ -29,8 +29,9 @@ pub struct Options {
     /// directory's results.json.
     #[arg(long)]
     pub render: bool,
-    /// Run only these phases: datapath, cni, scale, flows65k (repeat the
-    /// flag or separate with commas; results in target/bench-only/).
+    /// Run only these phases: datapath, cni, attach, scale, flows65k, ipv6
+    /// (repeat the flag or separate with commas; results in
+    /// target/bench-only/).
     #[arg(long, value_delimiter = ',')]
     pub only: Vec<String>,
     /// Measure the lanlinkd and lanlink binaries in DIR (e.g. an older
