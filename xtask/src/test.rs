@@ -14,13 +14,14 @@ use crate::{bench, build, ebpf, image, setup, soak, vmtest};
 
 /// The scenario files run a second time with `--attach tcx` (through
 /// `LANLINK_ATTACH`): those that attach, restart, switch and detach.
-const TC_PASS: [&str; 6] = [
+const TC_PASS: [&str; 7] = [
     "smoke",
     "restart",
     "dataplane",
     "cni_verbs",
     "chaining",
     "crash",
+    "ipv6",
 ];
 
 /// `cargo xtask test [-- <cargo test args>]`.
