@@ -151,8 +151,11 @@ impl Dhcp6Identity {
     }
 }
 
-/// A DHCPv6 lease of one address.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A DHCPv6 lease of one address. Two leases are equal when all but their
+/// monotonic `obtained` are: that one is derived from the wall-clock time
+/// each time a lease is read from the state file, so the same lease read
+/// twice differs in it by the clocks' jitter.
+#[derive(Clone, Debug)]
 pub struct Lease6 {
     /// The address.
     pub address: Ipv6Addr,
@@ -175,6 +178,35 @@ pub struct Lease6 {
     /// When the reply came (wall clock: for persisting).
     pub obtained_wall: SystemTime,
 }
+
+impl PartialEq for Lease6 {
+    fn eq(&self, o: &Self) -> bool {
+        let Self {
+            address,
+            preferred,
+            valid,
+            t1,
+            t2,
+            server_id,
+            dns,
+            obtained: _,
+            obtained_wall,
+        } = self;
+        (address, preferred, valid, t1, t2, server_id, dns, obtained_wall)
+            == (
+                &o.address,
+                &o.preferred,
+                &o.valid,
+                &o.t1,
+                &o.t2,
+                &o.server_id,
+                &o.dns,
+                &o.obtained_wall,
+            )
+    }
+}
+
+impl Eq for Lease6 {}
 
 impl Lease6 {
     /// When to renew.

@@ -1,4 +1,4 @@
-//! IPv6 on the LAN (issue 16), the foundations: learning the LAN's
+//! IPv6 on the LAN (issue 16): learning the LAN's
 //! configuration from router advertisements ([`ra`]) and a DHCPv6 (IA_NA)
 //! client that speaks on a pod's behalf from the pod's MAC and link-local
 //! address on the uplink ([`dhcp6`]).
