@@ -192,17 +192,25 @@ impl PartialEq for Lease6 {
             obtained: _,
             obtained_wall,
         } = self;
-        (address, preferred, valid, t1, t2, server_id, dns, obtained_wall)
-            == (
-                &o.address,
-                &o.preferred,
-                &o.valid,
-                &o.t1,
-                &o.t2,
-                &o.server_id,
-                &o.dns,
-                &o.obtained_wall,
-            )
+        (
+            address,
+            preferred,
+            valid,
+            t1,
+            t2,
+            server_id,
+            dns,
+            obtained_wall,
+        ) == (
+            &o.address,
+            &o.preferred,
+            &o.valid,
+            &o.t1,
+            &o.t2,
+            &o.server_id,
+            &o.dns,
+            &o.obtained_wall,
+        )
     }
 }
 

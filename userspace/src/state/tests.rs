@@ -788,8 +788,18 @@ fn a_file_with_ipv6_round_trips() {
     let path = std::path::Path::new("/x/endpoints.json");
     let st = decode(path, text.as_bytes()).unwrap();
     let c6 = st.endpoints["c6/eth0"].ipv6.clone().unwrap();
-    assert_eq!(c6.lease.as_ref().unwrap().server_id, [0, 1, 0, 1, 0xab, 0xcd]);
-    assert!(st.endpoints["c7/eth0"].ipv6.as_ref().unwrap().lease.is_none());
+    assert_eq!(
+        c6.lease.as_ref().unwrap().server_id,
+        [0, 1, 0, 1, 0xab, 0xcd]
+    );
+    assert!(
+        st.endpoints["c7/eth0"]
+            .ipv6
+            .as_ref()
+            .unwrap()
+            .lease
+            .is_none()
+    );
     let written = serde_json::to_vec(&v1::File::from(&st)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(5));
     assert_eq!(decode(path, &written).unwrap(), st);
