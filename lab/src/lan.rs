@@ -109,6 +109,37 @@ pub struct Lan {
     opts: LanOptions,
 }
 
+/// The command line of the LAN's dnsmasq for `opts`, with its lease file
+/// and log (also used by the soak, which stops and starts its own).
+pub fn dnsmasq_args(opts: &LanOptions, lease_file: &Path, log_file: &Path) -> Vec<String> {
+    let mut args: Vec<String> = vec![
+        "dnsmasq".into(),
+        "--no-daemon".into(),
+        "--conf-file=/dev/null".into(),
+        "--interface=br0".into(),
+        "--bind-interfaces".into(),
+        format!(
+            "--dhcp-range={},{},{},{}",
+            opts.pool.0,
+            opts.pool.1,
+            opts.netmask(),
+            opts.lease_secs
+        ),
+        format!("--dhcp-option=option:router,{ROUTER}"),
+        format!("--dhcp-leasefile={}", lease_file.display()),
+        "--log-dhcp".into(),
+        format!("--log-facility={}", log_file.display()),
+        "--pid-file=".into(),
+        "--port=0".into(),
+        "--dhcp-authoritative".into(),
+    ];
+    if !opts.ping_check {
+        args.push("--no-ping".into());
+    }
+    args.extend(opts.extra_args.iter().cloned());
+    args
+}
+
 impl Lan {
     /// Creates the LAN and waits (≤ 10 s) until dnsmasq serves DHCP.
     pub fn new(opts: LanOptions) -> Result<Self> {
@@ -145,31 +176,7 @@ impl Lan {
 
         let lease_file = dir.path().join("leases");
         let log_file = dir.path().join("dnsmasq.log");
-        let mut args: Vec<String> = vec![
-            "dnsmasq".into(),
-            "--no-daemon".into(),
-            "--conf-file=/dev/null".into(),
-            "--interface=br0".into(),
-            "--bind-interfaces".into(),
-            format!(
-                "--dhcp-range={},{},{},{}",
-                opts.pool.0,
-                opts.pool.1,
-                opts.netmask(),
-                opts.lease_secs
-            ),
-            format!("--dhcp-option=option:router,{ROUTER}"),
-            format!("--dhcp-leasefile={}", lease_file.display()),
-            "--log-dhcp".into(),
-            format!("--log-facility={}", log_file.display()),
-            "--pid-file=".into(),
-            "--port=0".into(),
-            "--dhcp-authoritative".into(),
-        ];
-        if !opts.ping_check {
-            args.push("--no-ping".into());
-        }
-        args.extend(opts.extra_args.iter().cloned());
+        let args = dnsmasq_args(&opts, &lease_file, &log_file);
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         // With --no-daemon dnsmasq also logs to stderr: keep that apart.
         let mut dnsmasq = ns.spawn_logged(&argv, &dir.path().join("dnsmasq.stderr"))?;

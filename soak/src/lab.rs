@@ -112,33 +112,10 @@ pub struct Dhcp {
 }
 
 impl Dhcp {
-    /// The arguments `lanlink_lab::Lan::new` gives dnsmasq (kept in step
-    /// with lab/src/lan.rs), with this log.
+    /// The arguments `lanlink_lab::Lan::new` gives dnsmasq, with this log.
     fn new(lan: &Lan) -> Self {
-        let o = lan.options();
         let log = lan.dir().join("soak-dnsmasq.log");
-        let base_args = vec![
-            "dnsmasq".into(),
-            "--no-daemon".into(),
-            "--conf-file=/dev/null".into(),
-            "--interface=br0".into(),
-            "--bind-interfaces".into(),
-            format!(
-                "--dhcp-range={},{},{},{}",
-                o.pool.0,
-                o.pool.1,
-                o.netmask(),
-                o.lease_secs
-            ),
-            format!("--dhcp-option=option:router,{ROUTER}"),
-            format!("--dhcp-leasefile={}", lan.lease_file().display()),
-            "--log-dhcp".into(),
-            format!("--log-facility={}", log.display()),
-            "--pid-file=".into(),
-            "--port=0".into(),
-            "--dhcp-authoritative".into(),
-            "--no-ping".into(),
-        ];
+        let base_args = lanlink_lab::lan::dnsmasq_args(lan.options(), &lan.lease_file(), &log);
         Self {
             ns_path: lan.ns().path().to_owned(),
             base_args,

@@ -26,6 +26,7 @@ use lanlink_lab::ping::ping;
 use lanlink_lab::pods::{self, Pod, add_pod, del, del_pod, host_veths, try_add, uc_filter};
 use lanlink_lab::{OneNode, lab_netconf};
 use nix::sys::signal::Signal;
+use serde_json::Value;
 
 /// The debug-build fault injection's variable (`lanlinkd`'s
 /// `agent::CRASH_AT_ENV`).
@@ -84,6 +85,24 @@ impl Lab {
             self.lab.agent.log()
         );
         Ok(())
+    }
+
+    /// An ADD of pod `name` killed after its endpoint was registered, whose
+    /// in-flight record is then lost (removed here): what it made is known
+    /// only by its marks. Returns its namespace, container id, host veth
+    /// and netconf.
+    fn crash_losing_record(&mut self, name: &str) -> Result<(NetNs, String, String, Value)> {
+        let ns = self.lab.node.pod_netns(name)?;
+        let container_id = format!("{}-{name}", ns.name());
+        let netconf = lab_netconf(&self.lab.agent);
+        self.arm("add-registered")?;
+        let out = try_add(&self.lab.node, &ns, &container_id, name, &netconf)?;
+        ensure!(!out.success());
+        self.wait_crashed("add-registered")?;
+        let veth = host_veth_name(&container_id);
+        let adding = self.lab.agent.state_dir().join("adding");
+        std::fs::remove_file(adding.join(format!("{veth}.json"))).context("remove the record")?;
+        Ok((ns, container_id, veth, netconf))
     }
 
     /// Restarts the agent; returns what it logged in this run.
@@ -385,17 +404,7 @@ fn orphans_without_a_record_are_removed_at_restart() -> Result<()> {
     let mut l = Lab::start()?;
     let keeper = add_pod(&l.lab.node, &l.lab.agent, "keeper")?;
     let clean = seen(&l.lab)?;
-    let name = "orphan";
-    let ns = l.lab.node.pod_netns(name)?;
-    let container_id = format!("{}-{name}", ns.name());
-    let netconf = lab_netconf(&l.lab.agent);
-    l.arm("add-registered")?;
-    let out = try_add(&l.lab.node, &ns, &container_id, name, &netconf)?;
-    ensure!(!out.success());
-    l.wait_crashed("add-registered")?;
-    let veth = host_veth_name(&container_id);
-    let adding = l.lab.agent.state_dir().join("adding");
-    std::fs::remove_file(adding.join(format!("{veth}.json"))).context("remove the record")?;
+    let (ns, container_id, veth, netconf) = l.crash_losing_record("orphan")?;
     // Not lanlink's: the name pattern, a MAC of its own.
     let foreign = "ll0123456789ab";
     l.lab.node.ns().ip(&[
@@ -444,17 +453,7 @@ fn orphan_pins_and_map_entries_are_removed_at_restart() -> Result<()> {
     let mut l = Lab::start()?;
     let keeper = add_pod(&l.lab.node, &l.lab.agent, "keeper")?;
     let clean = seen(&l.lab)?;
-    let name = "vanished";
-    let ns = l.lab.node.pod_netns(name)?;
-    let container_id = format!("{}-{name}", ns.name());
-    let netconf = lab_netconf(&l.lab.agent);
-    l.arm("add-registered")?;
-    let out = try_add(&l.lab.node, &ns, &container_id, name, &netconf)?;
-    ensure!(!out.success());
-    l.wait_crashed("add-registered")?;
-    let veth = host_veth_name(&container_id);
-    let adding = l.lab.agent.state_dir().join("adding");
-    std::fs::remove_file(adding.join(format!("{veth}.json"))).context("remove the record")?;
+    let (ns, _, veth, _) = l.crash_losing_record("vanished")?;
     drop(ns); // the pod's namespace goes, and the veth pair with it
     // The kernel dismantles a namespace asynchronously.
     lanlink_lab::wait_until(Duration::from_secs(10), "the veth pair to go", || {

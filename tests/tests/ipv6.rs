@@ -23,7 +23,7 @@ use lanlink_lab::lan6::{
 };
 use lanlink_lab::netns::NetNs;
 use lanlink_lab::pods::{self, Pod, add_pod, del_pod};
-use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, wait_until};
+use lanlink_lab::{Agent, AgentOptions, Lan, LanOptions, Node, ping, wait_until};
 use nix::sys::signal::Signal;
 use serde_json::Value;
 
@@ -201,7 +201,8 @@ fn duid(name: &str) -> String {
     Dhcp6Identity::stable("default", name, "eth0").duid_hex()
 }
 
-/// (a) dnsmasq: RAs (M flag) and DHCPv6 from the LAN's router.
+/// (a) dnsmasq: RAs (M flag) and DHCPv6 from the LAN's router; at the end
+/// a LAN host holding the pod's address makes the ADD decline the lease.
 #[test]
 fn dnsmasq_dhcpv6_lease_reported_released_and_resumed() -> Result<()> {
     lanlink_lab::require_root();
@@ -267,6 +268,43 @@ fn dnsmasq_dhcpv6_lease_reported_released_and_resumed() -> Result<()> {
     let (addr2, _) = v6_of(&again)?;
     ensure!(addr2 == addr, "re-created pod got {addr2}, not {addr}");
     del_pod(&node, &agent, &again)?;
+
+    // A LAN host takes the address dnsmasq gives this pod: the pod's
+    // duplicate address detection fails the ADD, and the lease is declined.
+    ensure!(
+        !d6.log().contains("DHCPDECLINE"),
+        "a decline before the conflict"
+    );
+    let host = lan.add_host("host", std::net::Ipv4Addr::new(198, 18, 0, 50))?;
+    host.ns().run_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{addr}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    let ns = node.pod_netns("web-0-dup")?;
+    let netconf = lanlink_lab::cni::lab_netconf(&agent);
+    let out = pods::try_add(&node, &ns, "web-0-dup", "web-0", &netconf)?;
+    ensure!(
+        out.code != 0 && out.stdout.contains("already in use on the LAN"),
+        "ADD with {addr} held by a LAN host: {} {}",
+        out.stdout,
+        out.stderr
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "dnsmasq to log the decline",
+        || Ok(d6.log().contains("DHCPDECLINE").then_some(())),
+    )
+    .with_context(|| format!("dnsmasq's log: {}", d6.log()))?;
+    ensure!(
+        agent.log().contains("DHCPv6 lease declined"),
+        "the agent did not say so"
+    );
     Ok(())
 }
 
@@ -519,7 +557,8 @@ fn secondary_mode_on_link_only_and_stable_privacy() -> Result<()> {
 /// A LAN host already holds the address the pod would get (the EUI-64
 /// address of its stable MAC): the pod's duplicate address detection
 /// fails, the ADD fails with the address named, and nothing is left: no
-/// veth, no guard entry for it, no DHCPv4 lease.
+/// veth, no guard entry for it, no DHCPv4 lease. A LAN host announcing it
+/// just after an ADD takes it away from the pod, which keeps IPv4.
 #[test]
 fn an_address_in_use_on_the_lan_fails_the_add() -> Result<()> {
     lanlink_lab::require_root();
@@ -592,6 +631,59 @@ fn an_address_in_use_on_the_lan_fails_the_add() -> Result<()> {
     ensure!(
         pods::map_len(agent.pin_dir(), "V6_OWNERS")? >= 1,
         "no guard entry"
+    );
+
+    // A conflict after the ADD (within the agent's watch): the LAN host
+    // takes the address and announces it (an unsolicited advertisement:
+    // `ndisc_notify` sends one for every address when the MAC changes).
+    // The address leaves the pod and the guard; the attachment goes on
+    // IPv4-only.
+    host.ns().sysctl("net.ipv6.conf.eth0.ndisc_notify", "1")?;
+    host.ns().run_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{taken}/64"),
+        "dev",
+        "eth0",
+        "nodad",
+    ])?;
+    host.ns()
+        .ip(&["link", "set", "eth0", "address", "02:00:00:00:00:51"])?;
+    wait_until(
+        Duration::from_secs(5),
+        "the agent to drop the address",
+        || {
+            let addrs = pod
+                .ns
+                .run_ok(&["ip", "-6", "addr", "show", "dev", "eth0", "scope", "global"])?;
+            Ok((!addrs.contains(&taken.to_string())).then_some(()))
+        },
+    )
+    .with_context(|| format!("agent log:\n{}", agent.log()))?;
+    ensure!(
+        agent.log().contains("IPv6 duplicate address detected"),
+        "not logged"
+    );
+    ensure!(
+        pods::map_len(agent.pin_dir(), "V6_OWNERS")? == 0,
+        "the guard still holds it"
+    );
+    let eps = agent.http_get(lanlink_api::routes::ENDPOINTS)?;
+    ensure!(
+        !eps.contains("\"ipv6\""),
+        "the endpoint still shows IPv6: {eps}"
+    );
+    ensure!(
+        ping(
+            &pod.ns,
+            std::net::Ipv4Addr::new(198, 18, 0, 1),
+            3,
+            Duration::from_secs(10)
+        )?
+        .all_received(),
+        "IPv4 went with it"
     );
     del_pod(&node, &agent, &pod)?;
     Ok(())

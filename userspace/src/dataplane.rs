@@ -756,8 +756,8 @@ impl Dataplane {
         let key = Ipv6Key {
             addr: addr.octets(),
         };
-        match self.v6_owners.get(&key, 0) {
-            Ok(owner) if owner != host_ifindex => {
+        match self.v6_owner(addr) {
+            Some(owner) if owner != host_ifindex => {
                 return Err(DataplaneError::V6Claimed {
                     addr,
                     owner,
@@ -771,14 +771,16 @@ impl Dataplane {
             .map_err(map_err(map_names::V6_OWNERS, format!("assign {addr}")))
     }
 
-    /// The IPv6 addresses a host veth's endpoint claimed.
-    pub fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
+    /// The host veth ifindex whose endpoint holds `addr` in `V6_OWNERS`.
+    pub fn v6_owner(&self, addr: Ipv6Addr) -> Option<u32> {
         self.v6_owners
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, owner)| *owner == host_ifindex)
-            .map(|(k, _)| std::net::Ipv6Addr::from(k.addr))
-            .collect()
+            .get(
+                &Ipv6Key {
+                    addr: addr.octets(),
+                },
+                0,
+            )
+            .ok()
     }
 
     /// Sums the per-CPU counters of every `STATS` slot (verdicts and drop

@@ -18,3 +18,4 @@ pub mod netlink;
 pub mod netlink6;
 pub mod paths;
 pub mod state;
+mod sys;

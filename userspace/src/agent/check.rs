@@ -145,7 +145,7 @@ impl<K: Kernel> Agent<K> {
                 }
                 Dad::Running | Dad::Done => {}
             }
-            if !self.maps.v6_claims(host.index).contains(&a.address) {
+            if self.maps.v6_owner(a.address) != Some(host.index) {
                 return fail(format!("the source guard does not hold {}", a.address));
             }
         }

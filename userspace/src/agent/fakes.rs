@@ -395,8 +395,8 @@ impl Maps for FakeMaps {
         w.op("set_host_addrs6", addrs.len())
             .map_err(|()| dp_err("set_host_addrs6"))
     }
-    fn v6_claims(&self, _host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
-        Vec::new()
+    fn v6_owner(&self, _addr: std::net::Ipv6Addr) -> Option<u32> {
+        None
     }
 }
 

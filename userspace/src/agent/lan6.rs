@@ -134,6 +134,7 @@ impl NodeLan6 {
         let (tx, view) = watch::channel(RaView::new());
         match RaReceiver::open(uplink) {
             Ok(rx) => {
+                info!(uplink, "listening for router advertisements");
                 let name = uplink.to_string();
                 tokio::spawn(async move {
                     if let Err(e) = rx.run(tx, cancel).await {
@@ -145,7 +146,6 @@ impl NodeLan6 {
                 warn!(uplink, error = %e, "cannot listen for router advertisements; pods get IPv4 only");
             }
         }
-        info!(uplink, "listening for router advertisements");
         NodeLan6 {
             uplink: uplink.to_string(),
             uplink_index,

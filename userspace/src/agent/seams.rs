@@ -136,9 +136,10 @@ pub trait Maps: Send + Sync + 'static {
     /// Records that the endpoint of a host veth owns an IPv6 address the
     /// agent gave it.
     fn assign_v6(&self, addr: std::net::Ipv6Addr, host_ifindex: u32) -> Result<(), DataplaneError>;
-    /// The IPv6 addresses held by the endpoint of a host veth in the guard
-    /// (`V6_OWNERS`): the dataplane drops one when a LAN host defends it.
-    fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr>;
+    /// The host veth whose endpoint holds `addr` in the guard
+    /// (`V6_OWNERS`): the dataplane drops the entry when a LAN host defends
+    /// the address.
+    fn v6_owner(&self, addr: std::net::Ipv6Addr) -> Option<u32>;
     /// Replaces the node's IPv6 addresses the neighbour responder answers for.
     fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DataplaneError>;
 }
@@ -329,8 +330,8 @@ impl Maps for NodeMaps {
     fn set_host_addrs6(&self, addrs: &[std::net::Ipv6Addr]) -> Result<(), DataplaneError> {
         self.with(|dp| dp.set_host_addrs6(addrs))
     }
-    fn v6_claims(&self, host_ifindex: u32) -> Vec<std::net::Ipv6Addr> {
-        self.with(|dp| dp.v6_claims(host_ifindex))
+    fn v6_owner(&self, addr: std::net::Ipv6Addr) -> Option<u32> {
+        self.with(|dp| dp.v6_owner(addr))
     }
 }
 

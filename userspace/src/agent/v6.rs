@@ -5,14 +5,16 @@
 //! address detection, the DHCPv6 renewals, and the release at DEL.
 //!
 //! Duplicate address detection is the pod kernel's own: its solicitation
-//! goes out as soon as the address is on the interface. An ADD in SLAAC
-//! mode writes the address as soon as the programs are attached, so the
-//! detection runs beside the DHCPv4 exchange; the ADD fails with the
-//! address declined if it failed by then. A conflict found later (the
-//! detection ends a second after it started) is caught by a watch of a few
-//! seconds after the ADD: the address leaves the pod, the node and the
-//! guard, a DHCPv6 lease is declined, and the attachment stays IPv4-only,
-//! logged as an error.
+//! goes out as soon as the address is on the interface, which happens as
+//! soon as the programs are attached and the address is known, beside the
+//! DHCPv4 exchange. A LAN host that answers withdraws the address from the
+//! guard (`V6_OWNERS`, in `from_lan`): the agent reads that entry, not the
+//! pod's kernel, whose copy of the answer arrives only once the pod is in
+//! the flood list. Withdrawn within `arpProbeMs` of the address being
+//! written, the ADD fails and a DHCPv6 lease is declined; withdrawn in the
+//! [`DAD_WATCH`] after the ADD, the address leaves the pod, the node and
+//! the guard, a DHCPv6 lease is declined, and the attachment stays
+//! IPv4-only, logged as an error.
 
 use std::{net::Ipv6Addr, path::Path, sync::Arc, time::Duration};
 
@@ -26,7 +28,7 @@ use crate::{
         dhcp6::{Dhcp6Error, Dhcp6Identity},
         ra::RaView,
     },
-    netlink6::{Dad, Pod6Config, Pod6Route},
+    netlink6::{Pod6Config, Pod6Route},
     state::Endpoint,
 };
 
@@ -208,10 +210,13 @@ impl<K: Kernel> Agent<K> {
         Ok(())
     }
 
-    /// Watches the pod's duplicate address detection of `a` until
-    /// `until` (the netconf's `arpProbeMs` after the address was written:
-    /// the same time given to a LAN host to answer for an IPv4 address)
-    /// or its end; fails if another node answered for it.
+    /// Waits until `until` (the netconf's `arpProbeMs` after the address
+    /// was written: the time a LAN host has to answer for an IPv4 address
+    /// too) for a LAN host to answer the pod's duplicate address detection;
+    /// fails if one did. The pod is in the flood list only once committed,
+    /// so the answer does not reach its kernel during the ADD; the
+    /// dataplane saw it and withdrew the address from the guard
+    /// (`forget_defended`), which a map lookup tells.
     pub(super) async fn check_dad(
         &self,
         ep: &Endpoint,
@@ -219,32 +224,16 @@ impl<K: Kernel> Agent<K> {
         until: tokio::time::Instant,
     ) -> Result<(), AgentError> {
         loop {
-            // The pod is in the flood list only once committed, so a LAN
-            // host's answer to its detection does not reach it during the
-            // ADD; but the dataplane saw it, and withdrew the address from
-            // the guard (`forget_defended`).
-            if !self.maps.v6_claims(ep.host_ifindex).contains(&a.address) {
+            if self.maps.v6_owner(a.address) != Some(ep.host_ifindex) {
                 return Err(AgentError::Ipv6Conflict {
                     address: a.address,
                     how: a.source.as_str(),
                 });
             }
-            match self
-                .lan6
-                .pod_dad(Path::new(&ep.netns), &ep.ifname, a.address)
-                .await?
-            {
-                Dad::Failed => {
-                    return Err(AgentError::Ipv6Conflict {
-                        address: a.address,
-                        how: a.source.as_str(),
-                    });
-                }
-                Dad::Running if tokio::time::Instant::now() < until => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-                _ => return Ok(()),
+            if tokio::time::Instant::now() >= until {
+                return Ok(());
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -307,34 +296,28 @@ impl<K: Kernel> Agent<K> {
         }
     }
 
+    /// Watches the guard's entry for `addr` for [`DAD_WATCH`]: a LAN host
+    /// defending the address (the pod's kernel then fails its detection
+    /// too) withdraws it there. A map lookup a tick, no namespace work.
     async fn watch_dad(self: Arc<Self>, key: String, addr: Ipv6Addr) {
         let deadline = tokio::time::Instant::now() + DAD_WATCH;
-        loop {
+        while tokio::time::Instant::now() < deadline {
             tokio::select! {
                 () = tokio::time::sleep(DAD_POLL) => {}
                 () = self.shutdown.cancelled() => return,
             }
-            let Some(ep) = self.state().endpoints.get(&key).cloned() else {
+            let Some(ifindex) = self
+                .state()
+                .endpoints
+                .get(&key)
+                .filter(|ep| ep.ipv6.as_ref().is_some_and(|a| a.address == addr))
+                .map(|ep| ep.host_ifindex)
+            else {
                 return;
             };
-            if ep.ipv6.as_ref().is_none_or(|a| a.address != addr) {
+            if self.maps.v6_owner(addr) != Some(ifindex) {
+                self.drop_conflicting6(&key, addr).await;
                 return;
-            }
-            match self
-                .lan6
-                .pod_dad(Path::new(&ep.netns), &ep.ifname, addr)
-                .await
-            {
-                Ok(Dad::Running) if tokio::time::Instant::now() < deadline => continue,
-                Ok(Dad::Failed) => {
-                    self.drop_conflicting6(&key, addr).await;
-                    return;
-                }
-                Ok(_) => return,
-                Err(e) => {
-                    warn!(attachment = %key, error = %e, "cannot read the pod's duplicate address detection");
-                    return;
-                }
             }
         }
     }

@@ -21,7 +21,7 @@ mod lease;
 #[cfg(test)]
 mod lease_props;
 pub mod persist;
-mod socket;
+pub(crate) mod socket;
 mod wire;
 
 pub use arp::ArpProbe;

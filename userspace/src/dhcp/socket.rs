@@ -11,11 +11,12 @@
 
 use std::io;
 use std::mem;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use tokio::io::unix::AsyncFd;
 
 use super::error::DhcpError;
+use crate::sys::{register, setsockopt};
 
 /// The frame sizes the client reads: a standard MTU plus headers, with room
 /// for jumbo frames; longer frames are reported as truncated.
@@ -86,19 +87,6 @@ fn os_err(uplink: &str, op: &'static str) -> DhcpError {
     }
 }
 
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> bool {
-    // SAFETY: `value` points to a live `T` of the given size for the call.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (value as *const T).cast(),
-            mem::size_of::<T>() as libc::socklen_t,
-        ) == 0
-    }
-}
-
 impl PacketSocket {
     /// Opens the DHCP socket on `uplink` ([`FILTER`]), in the calling
     /// thread's netns. Must run inside a tokio runtime (for the `AsyncFd`
@@ -135,11 +123,11 @@ impl PacketSocket {
             len: filter.len() as u16,
             filter: filter.as_ptr().cast_mut(),
         };
-        if !setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog) {
+        if setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog).is_err() {
             return Err(os_err(uplink, "SO_ATTACH_FILTER"));
         }
         let one: libc::c_int = 1;
-        if !setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one) {
+        if setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one).is_err() {
             return Err(os_err(uplink, "PACKET_IGNORE_OUTGOING"));
         }
         // Best effort: the default buffer still works, only bursts may drop.
@@ -223,6 +211,24 @@ impl PacketSocket {
             .await
     }
 
+    /// Adds `mac` to the interface's unicast (`PACKET_MR_UNICAST`) or
+    /// multicast (`PACKET_MR_MULTICAST`) filter for as long as the socket
+    /// lives, so a real NIC delivers frames for it.
+    pub(crate) fn add_membership(&self, ty: libc::c_int, mac: [u8; 6]) -> io::Result<()> {
+        // SAFETY: packet_mreq is plain old data; all-zero is a valid value.
+        let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
+        mreq.mr_ifindex = self.ifindex;
+        mreq.mr_type = ty as u16;
+        mreq.mr_alen = 6;
+        mreq.mr_address[..6].copy_from_slice(&mac);
+        setsockopt(
+            self.fd.get_ref().as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            &mreq,
+        )
+    }
+
     /// Receives one frame into `buf`; returns the frame's real length, which
     /// is larger than `buf.len()` when the frame was truncated (`MSG_TRUNC`).
     pub(crate) async fn recv(&self, buf: &mut [u8]) -> io::Result<usize> {
@@ -245,14 +251,6 @@ impl PacketSocket {
             })
             .await
     }
-}
-
-/// Registers `fd` with the current runtime's reactor (which must have I/O
-/// enabled, as `#[tokio::main]` runtimes do).
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an `OwnedFd` is open, the `AsyncFd` owns it from here on, and
-    // its `as_raw_fd` never changes.
-    unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 fn ll_addr(ifindex: libc::c_int, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_ll {

@@ -24,9 +24,7 @@
 //! drive it through an in-memory server.
 
 use std::io;
-use std::mem;
 use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant, SystemTime};
 
 use dhcproto::v6::{
@@ -34,10 +32,12 @@ use dhcproto::v6::{
     UnknownOption,
 };
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 
-use super::{link_local_from_mac, multicast_mac, solicited_node, sys};
+use super::{link_local_from_mac, multicast_mac, solicited_node};
+use crate::dhcp::socket::{PacketSocket, RECV_BUF_LEN, jump, stmt};
+
+/// The EtherType of the frames sent.
+const ETH_P_IPV6: u16 = 0x86dd;
 
 /// All_DHCP_Relay_Agents_and_Servers (RFC 8415 7.1).
 pub const ALL_SERVERS: Ipv6Addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 1, 2);
@@ -880,24 +880,6 @@ const FILTER: [libc::sock_filter; 13] = [
     stmt(libc::BPF_RET | libc::BPF_K, 0),
 ];
 
-const fn stmt(code: u32, k: u32) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt: 0,
-        jf: 0,
-        k,
-    }
-}
-
-const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
-    libc::sock_filter {
-        code: code as u16,
-        jt,
-        jf,
-        k,
-    }
-}
-
 /// DHCPv6 over an `AF_PACKET` socket on the uplink, as a pod: frames from
 /// the pod's MAC and link-local address, replies to them, and neighbour
 /// advertisements for the link-local address (see the module header).
@@ -908,101 +890,34 @@ const fn jump(code: u32, k: u32, jt: u8, jf: u8) -> libc::sock_filter {
 /// (`PACKET_ADD_MEMBERSHIP`) so a real NIC delivers them.
 #[derive(Debug)]
 pub struct PacketTransport {
-    fd: AsyncFd<OwnedFd>,
-    ifindex: i32,
+    sock: PacketSocket,
     mac: [u8; 6],
     link_local: Ipv6Addr,
 }
 
-fn ll_addr(ifindex: i32, protocol: u16, mac: [u8; 6]) -> libc::sockaddr_ll {
-    // SAFETY: sockaddr_ll is plain old data; all-zero is a valid value.
-    let mut addr: libc::sockaddr_ll = unsafe { mem::zeroed() };
-    addr.sll_family = libc::AF_PACKET as u16;
-    addr.sll_protocol = protocol.to_be();
-    addr.sll_ifindex = ifindex;
-    addr.sll_halen = 6;
-    addr.sll_addr[..6].copy_from_slice(&mac);
-    addr
-}
-
 impl PacketTransport {
     /// Opens the socket on `uplink` (in the calling thread's namespace) for
-    /// the client `mac` / `link_local`. Must run inside a tokio runtime.
+    /// the client `mac` / `link_local`: the DHCPv4 client's packet socket
+    /// ([`PacketSocket`]) with this module's filter. Must run inside a
+    /// tokio runtime.
     pub fn open(uplink: &str, mac: [u8; 6], link_local: Ipv6Addr) -> io::Result<Self> {
         let ctx =
             |op: &str, e: io::Error| io::Error::new(e.kind(), format!("{op} on {uplink}: {e}"));
-        let ifindex = sys::ifindex(uplink).map_err(|e| ctx("if_nametoindex", e))? as i32;
-        // Protocol 0: nothing queues before the filter is attached.
-        let fd = sys::socket(libc::AF_PACKET, libc::SOCK_RAW, 0)
-            .map_err(|e| ctx("socket(AF_PACKET)", e))?;
-        let raw = fd.as_raw_fd();
-        let prog = libc::sock_fprog {
-            len: FILTER.len() as u16,
-            filter: FILTER.as_ptr().cast_mut(),
-        };
-        sys::setsockopt(raw, libc::SOL_SOCKET, libc::SO_ATTACH_FILTER, &prog)
-            .map_err(|e| ctx("SO_ATTACH_FILTER", e))?;
-        let one: libc::c_int = 1;
-        sys::setsockopt(raw, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
-            .map_err(|e| ctx("PACKET_IGNORE_OUTGOING", e))?;
-        let addr = ll_addr(ifindex, libc::ETH_P_ALL as u16, [0; 6]);
-        // SAFETY: `addr` is a valid sockaddr_ll for the call.
-        let rc = unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_ll).cast(),
-                mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(ctx("bind(ETH_P_ALL)", io::Error::last_os_error()));
-        }
-        for (ty, m) in [
-            (libc::PACKET_MR_UNICAST, mac),
-            (
-                libc::PACKET_MR_MULTICAST,
-                multicast_mac(solicited_node(link_local)),
-            ),
-        ] {
-            let mut mreq: libc::packet_mreq = unsafe { mem::zeroed() };
-            mreq.mr_ifindex = ifindex;
-            mreq.mr_type = ty as u16;
-            mreq.mr_alen = 6;
-            mreq.mr_address[..6].copy_from_slice(&m);
-            sys::setsockopt(raw, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mreq)
-                .map_err(|e| ctx("PACKET_ADD_MEMBERSHIP", e))?;
-        }
-        let fd = sys::register(fd).map_err(|e| ctx("registering with tokio", e))?;
+        let ifindex = crate::sys::ifindex(uplink).map_err(|e| ctx("if_nametoindex", e))?;
+        let sock = PacketSocket::open_filtered(uplink, ifindex, &FILTER, ETH_P_IPV6)
+            .map_err(io::Error::other)?;
+        sock.add_membership(libc::PACKET_MR_UNICAST, mac)
+            .map_err(|e| ctx("PACKET_ADD_MEMBERSHIP", e))?;
+        sock.add_membership(
+            libc::PACKET_MR_MULTICAST,
+            multicast_mac(solicited_node(link_local)),
+        )
+        .map_err(|e| ctx("PACKET_ADD_MEMBERSHIP", e))?;
         Ok(Self {
-            fd,
-            ifindex,
+            sock,
             mac,
             link_local,
         })
-    }
-
-    async fn send_frame(&self, frame: &[u8], dst_mac: [u8; 6]) -> io::Result<()> {
-        let addr = ll_addr(self.ifindex, 0x86dd, dst_mac);
-        self.fd
-            .async_io(Interest::WRITABLE, |fd| {
-                // SAFETY: `frame` and `addr` outlive the call.
-                let n = unsafe {
-                    libc::sendto(
-                        fd.as_raw_fd(),
-                        frame.as_ptr().cast(),
-                        frame.len(),
-                        0,
-                        (&addr as *const libc::sockaddr_ll).cast(),
-                        mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
-                    )
-                };
-                if n < 0 {
-                    Err(io::Error::last_os_error())
-                } else {
-                    Ok(())
-                }
-            })
-            .await
     }
 
     /// The neighbour advertisement answering `ns_src` (at `ns_src_mac`) for
@@ -1052,7 +967,7 @@ impl PacketTransport {
                     return Ok(None);
                 }
                 let na = self.neighbour_advert(src, eth.source())?;
-                self.send_frame(&na, eth.source()).await?;
+                self.sock.send(&na, eth.source()).await?;
                 Ok(None)
             }
             _ => Ok(None),
@@ -1070,27 +985,17 @@ impl Dhcp6Transport for PacketTransport {
         let mut frame = Vec::with_capacity(b.size(msg.len()));
         b.write(&mut frame, msg)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-        self.send_frame(&frame, dst_mac).await
+        self.sock.send(&frame, dst_mac).await
     }
 
     async fn recv(&self) -> io::Result<Vec<u8>> {
-        let mut buf = vec![0u8; 9216];
+        let mut buf = vec![0u8; RECV_BUF_LEN];
         loop {
-            let n = self
-                .fd
-                .async_io(Interest::READABLE, |fd| {
-                    // SAFETY: `buf` is valid for writes of its length.
-                    let n = unsafe {
-                        libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
-                    };
-                    if n < 0 {
-                        Err(io::Error::last_os_error())
-                    } else {
-                        Ok(n as usize)
-                    }
-                })
-                .await?;
-            if let Some(msg) = self.handle(&buf[..n]).await? {
+            // Longer than the buffer: truncated, not one of ours.
+            let n = self.sock.recv(&mut buf).await?;
+            if n <= buf.len()
+                && let Some(msg) = self.handle(&buf[..n]).await?
+            {
                 return Ok(msg);
             }
         }

@@ -9,7 +9,6 @@
 pub mod assign;
 pub mod dhcp6;
 pub mod ra;
-mod sys;
 
 use std::net::Ipv6Addr;
 

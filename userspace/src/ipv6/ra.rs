@@ -29,7 +29,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{is_link_local, sys};
+use super::is_link_local;
+use crate::sys;
 
 /// ICMPv6 type of a router solicitation.
 pub const ICMPV6_ROUTER_SOLICIT: u8 = 133;

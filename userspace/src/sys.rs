@@ -1,6 +1,6 @@
-//! Thin, checked wrappers around the socket syscalls the IPv6 code needs
-//! and std/tokio do not offer (raw ICMPv6 sockets, packet sockets, socket
-//! options), each registered with tokio's reactor.
+//! Thin, checked wrappers around the socket syscalls std and tokio do not
+//! offer (raw ICMPv6 and packet sockets, socket options), for the DHCP and
+//! IPv6 code; sockets are registered with tokio's reactor.
 
 use std::io;
 use std::mem;
