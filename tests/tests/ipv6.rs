@@ -149,11 +149,18 @@ fn check_pod(pod: &Pod, want_len: u8) -> Result<Ipv6Addr> {
 
 /// The node reaches the pod over IPv6 and the pod the node's own address
 /// on the uplink (through the dataplane's neighbour responder).
-fn check_host(pod: &Pod, node: &Node) -> Result<()> {
+fn check_host(pod: &Pod, node: &Node, agent: &Agent) -> Result<()> {
     let (addr, _) = v6_of(pod)?;
     let got = ping6(node.ns(), addr, 3, Duration::from_secs(10))?;
     ensure!(got == 3, "node → pod over IPv6: {got}/3 replies");
     let node6 = node_addr6(node)?;
+    // The agent answers for the node's address once the node may use it
+    // (out of its duplicate address detection, a netlink event later).
+    wait_until(
+        Duration::from_secs(5),
+        "the node's IPv6 address in HOST_ADDRS6",
+        || Ok((pods::map_len(agent.pin_dir(), "HOST_ADDRS6")? >= 1).then_some(())),
+    )?;
     let got = ping6(&pod.ns, node6, 3, Duration::from_secs(10))?;
     ensure!(got == 3, "pod → node {node6} over IPv6: {got}/3 replies");
     Ok(())
@@ -161,12 +168,15 @@ fn check_host(pod: &Pod, node: &Node) -> Result<()> {
 
 /// The node's global IPv6 address on its uplink (its kernel's SLAAC, or
 /// none on a LAN without autonomous prefix: then one is added, as an admin
-/// would configure a static address).
+/// would configure a static address), once out of duplicate address
+/// detection (≤ 5 s).
 fn node_addr6(node: &Node) -> Result<Ipv6Addr> {
-    let find = || -> Result<Option<Ipv6Addr>> {
-        let out = node.ns().run_ok(&[
+    let find = |extra: &[&str]| -> Result<Option<Ipv6Addr>> {
+        let mut args = vec![
             "ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global",
-        ])?;
+        ];
+        args.extend_from_slice(extra);
+        let out = node.ns().run_ok(&args)?;
         Ok(out
             .split_whitespace()
             .skip_while(|w| *w != "inet6")
@@ -174,21 +184,29 @@ fn node_addr6(node: &Node) -> Result<Ipv6Addr> {
             .and_then(|c| c.split('/').next())
             .and_then(|a| a.parse().ok()))
     };
-    if let Some(a) = find()? {
-        check_lab_addr6(a)?;
-        return Ok(a);
+    if find(&[])?.is_none() {
+        node.ns().run_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            "2001:2:0:1::10/64",
+            "dev",
+            "eth0",
+            "nodad",
+        ])?;
     }
-    let a: Ipv6Addr = "2001:2:0:1::10".parse()?;
-    node.ns().run_ok(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        "2001:2:0:1::10/64",
-        "dev",
-        "eth0",
-        "nodad",
-    ])?;
+    let mut usable = None;
+    wait_until(
+        Duration::from_secs(5),
+        "the node's IPv6 address to leave duplicate address detection",
+        || {
+            usable = find(&["-tentative"])?;
+            Ok(usable.map(|_| ()))
+        },
+    )?;
+    let a = usable.context("no usable address")?;
+    check_lab_addr6(a)?;
     Ok(a)
 }
 
@@ -254,7 +272,7 @@ fn dnsmasq_dhcpv6_lease_reported_released_and_resumed() -> Result<()> {
         "the restarted agent does not show {addr}: {status}"
     );
 
-    check_host(&pod, &node)?;
+    check_host(&pod, &node, &agent)?;
     // DEL releases; the re-created pod gets the same address.
     del_pod(&node, &agent, &pod)?;
     wait_leases("the lease gone after DEL", || {
@@ -398,7 +416,7 @@ fn radvd_slaac_address_reported() -> Result<()> {
         addrs.matches("inet6").count() == 1,
         "more than the agent's address: {addrs}"
     );
-    check_host(&pod, &node)?;
+    check_host(&pod, &node, &agent)?;
     // CHECK with the ADD result passes; without the pod's IPv6 address it
     // fails naming it.
     let check = || {
@@ -747,7 +765,7 @@ fn kea_dhcpv6_renewed_after_restart() -> Result<()> {
         "the agent did not log the renewal"
     );
 
-    check_host(&pod, &node)?;
+    check_host(&pod, &node, &agent)?;
     del_pod(&node, &agent, &pod)?;
     // Kea's memfile appends: the address's last row says released.
     wait_leases("Kea's lease released", || {
